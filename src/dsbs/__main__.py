@@ -1,0 +1,5 @@
+import sys
+
+from dsbs.cli import main
+
+sys.exit(main())

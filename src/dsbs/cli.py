@@ -1,0 +1,156 @@
+"""`dsbs <stage>`: one subcommand per pipeline stage, each a plain function of this package.
+
+Flags for configs come from their dataclass fields and help texts; nothing heavy is imported
+until a command runs, so `dsbs --help` answers at once.
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import types
+import typing
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
+    group = parser.add_argument_group(cls.__name__)
+    for f in dataclasses.fields(cls):
+        kind = f.type
+        if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+            kind = next(t for t in typing.get_args(kind) if t is not type(None))
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "").replace("%", "%%") + (f" (default: {f.default})" if f.default is not None else "")
+        if kind is bool:
+            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text)
+        else:
+            group.add_argument(flag, dest=f.name, type=kind, default=f.default, help=help_text, metavar=f.name.upper())
+
+
+def from_args(cls, args: argparse.Namespace):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+def cmd_demo(args) -> None:
+    from dsbs.demo import run_demo
+
+    run_demo(output=args.output, student=args.student, max_steps=args.max_steps)
+
+
+def cmd_download(args) -> None:
+    from dsbs.data import download
+
+    download(url=args.url, cache_dir=args.cache_dir, sha256=args.sha256, force=args.force)
+
+
+def cmd_inspect(args) -> None:
+    from dsbs.data import inspect
+    from dsbs.tasks import TaskConfig
+
+    report = inspect(from_args(TaskConfig, args), split=args.split)
+    if args.json:
+        print(json.dumps(report))
+        return
+    for key, value in report.items():
+        print(f"{key:>16}: {value}")
+
+
+def cmd_train(args) -> None:
+    from dsbs.tasks import TaskConfig
+    from dsbs.train import TrainConfig, train
+
+    _print_json(train(from_args(TaskConfig, args), from_args(TrainConfig, args)))
+
+
+def cmd_evaluate(args) -> None:
+    from dsbs.evaluate import evaluate
+    from dsbs.tasks import TaskConfig
+
+    metrics = evaluate(args.model, from_args(TaskConfig, args), split=args.split, limit=args.limit,
+                       batch_size=args.batch_size, output=args.output, with_rationale=args.with_rationale)
+    metrics.pop("task_config")
+    _print_json(metrics)
+
+
+def cmd_predict(args) -> None:
+    from dsbs.predict import predict_file
+
+    _print_json(predict_file(args.model, args.input, args.output, input_field=args.input_field,
+                             batch_size=args.batch_size, with_rationale=args.with_rationale,
+                             skip_bad_lines=args.skip_bad_lines))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from dsbs.data import PAPER_DATA_URL
+    from dsbs.tasks import TaskConfig
+    from dsbs.train import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="dsbs", description="Distilling step-by-step: teach, train, evaluate and deploy small task models.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
+
+    p = sub.add_parser("demo", help="the whole pipeline on the built-in offline demo task")
+    p.add_argument("--output", default="runs/demo", help="directory for both runs and the summary")
+    p.add_argument("--student", default="smollm2-135m", help="student model")
+    p.add_argument("--max-steps", type=int, default=40, help="optimizer steps per method")
+    p.set_defaults(func=cmd_demo)
+
+    data = sub.add_parser("data", help="download or inspect task data").add_subparsers(dest="data_command", required=True, metavar="<action>")
+    p = data.add_parser("download", help="fetch and unpack the paper's released datasets.zip")
+    p.add_argument("--url", default=PAPER_DATA_URL)
+    p.add_argument("--cache-dir", default=None, help="default: $DSBS_CACHE_DIR or ~/.cache/dsbs")
+    p.add_argument("--sha256", default=None, help="expected checksum of the archive")
+    p.add_argument("--force", action="store_true", help="download again even if present")
+    p.set_defaults(func=cmd_download)
+    p = data.add_parser("inspect", help="row counts, teacher parse failures and accuracy, rationale lengths")
+    add_dataclass_args(p, TaskConfig)
+    p.add_argument("--split", default=None, help="split to inspect (default: the task's test split)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("train", help="train a student with standard, distill, dsbs or single_task")
+    add_dataclass_args(p, TaskConfig)
+    add_dataclass_args(p, TrainConfig)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy of a trained student on a split")
+    p.add_argument("--model", required=True, help="a student directory (a run's model/ or a checkpoint)")
+    add_dataclass_args(p, TaskConfig)
+    p.add_argument("--split", default=None, help="default: the task's test split")
+    p.add_argument("--limit", type=int, default=None, help="evaluate the first N rows only")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--output", default=None, help="write predictions.jsonl and metrics.json here")
+    p.add_argument("--with-rationale", action="store_true", help="also generate rationales, for inspection")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="label every line of a JSONL file")
+    p.add_argument("--model", required=True)
+    p.add_argument("--input", required=True, help="JSONL file, one object with an input field per line")
+    p.add_argument("--output", required=True, help="JSONL file to write")
+    p.add_argument("--input-field", default="input")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--with-rationale", action="store_true")
+    p.add_argument("--skip-bad-lines", action="store_true", help="report and skip malformed lines instead of stopping")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from dsbs.tasks.common import DataError
+
+    try:
+        args.func(args)
+    except (DataError, ValueError, FileNotFoundError, ImportError) as err:  # user errors: a message, no traceback
+        print(f"dsbs: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dsbs: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Safe arithmetic for SVAMP-style equations such as ``( 84.0 / 2.0 )``.
+
+Model output is untrusted text, so it is parsed with ``ast`` and only numbers, + - * /,
+unary minus and parentheses are accepted; ``eval`` is never called. Size limits keep a
+hostile string from costing more than a few microseconds.
+"""
+
+import ast
+import math
+import operator
+
+MAX_CHARS = 512
+MAX_NODES = 200
+MAX_MAGNITUDE = 1e15
+
+_BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
+_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+
+
+class EquationError(ValueError):
+    """The text is not a small arithmetic expression we are willing to evaluate."""
+
+
+def evaluate_equation(text: str) -> float:
+    """Value of an arithmetic expression; raises EquationError for anything else."""
+    if not isinstance(text, str):
+        raise EquationError(f"expected a string, got {type(text).__name__}")
+    text = text.strip().replace("×", "*").replace("÷", "/").replace("−", "-")
+    if not text:
+        raise EquationError("empty expression")
+    if len(text) > MAX_CHARS:
+        raise EquationError(f"expression longer than {MAX_CHARS} characters")
+    try:
+        tree = ast.parse(text, mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as err:
+        raise EquationError(f"not an arithmetic expression: {text!r}") from err
+    if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
+        raise EquationError(f"expression has more than {MAX_NODES} parts")
+    try:
+        value = _eval_node(tree.body)
+    except (ZeroDivisionError, OverflowError, RecursionError) as err:
+        raise EquationError(f"cannot evaluate {text!r}: {err}") from err
+    if not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
+        raise EquationError(f"value out of range for {text!r}")
+    return value
+
+
+def _eval_node(node: ast.AST) -> float:
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return float(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
+        return _BINARY[type(node.op)](_eval_node(node.left), _eval_node(node.right))
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
+        return _UNARY[type(node.op)](_eval_node(node.operand))
+    raise EquationError(f"unsupported syntax: {type(node).__name__}")
+
+
+def equations_equal(predicted: str, gold: str, rel_tol: float = 1e-4) -> bool:
+    """True when both expressions evaluate to the same number (an unparsable one never matches)."""
+    try:
+        return math.isclose(evaluate_equation(predicted), evaluate_equation(gold), rel_tol=rel_tol, abs_tol=1e-6)
+    except EquationError:
+        return False
+
+
+def is_equation(text: str) -> bool:
+    try:
+        evaluate_equation(text)
+    except EquationError:
+        return False
+    return True

@@ -1,0 +1,45 @@
+"""`dsbs evaluate`: label-only generation on a split, scored by the task's metric."""
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from dsbs.tasks import TaskConfig, get_task
+
+
+def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, limit: int | None = None,
+             batch_size: int = 16, output: str | None = None, with_rationale: bool = False) -> dict:
+    """Accuracy of the student in ``model_dir``; writes predictions.jsonl and metrics.json to ``output``."""
+    from dsbs.inference import predict, read_meta
+    from dsbs.models import load_student
+
+    meta = read_meta(model_dir)
+    task = get_task(task_config)
+    split = split or task.test_split
+    rows = task.load(split)[:limit] if limit else task.load(split)
+    model, tokenizer = load_student(model_dir)
+    started = time.perf_counter()
+    predictions = predict(model, tokenizer, meta, [e.input for e in rows], with_rationale=with_rationale,
+                          batch_size=batch_size, progress=True)
+    seconds = time.perf_counter() - started
+    records, correct, failures = [], 0, 0
+    for example, prediction in zip(rows, predictions):
+        gold = example.label if example.label is not None else example.teacher_label
+        ok = gold is not None and task.labels_match(prediction["label"], gold)
+        valid = task.label_is_valid(prediction["label"])
+        correct += ok
+        failures += not valid
+        records.append({"id": example.id, "input": example.input, "gold": gold, **prediction,
+                        "correct": ok, "parsed": valid})
+    metrics = {"accuracy": correct / len(rows) if rows else 0.0, "n": len(rows), "correct": correct,
+               "parse_failures": failures, "task": task.name, "split": split, "model": str(model_dir),
+               "method": meta["method"], "seconds": round(seconds, 2), "task_config": asdict(task_config)}
+    if output:
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "predictions.jsonl", "w") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics

@@ -1,0 +1,71 @@
+"""Batched greedy generation shared by validation, evaluation and prediction."""
+
+import json
+from pathlib import Path
+
+from dsbs.batching import LABEL_TASK, RATIONALE_TASK, encode_prompt, parse_single_task_output, prompt_text
+
+META_FILE = "dsbs.json"  # beside a saved student: how it was trained and how to prompt it
+
+
+def read_meta(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_dir} is not a dsbs student directory (no {META_FILE}); train one with `dsbs train`")
+    return json.loads(path.read_text())
+
+
+def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, max_input_tokens: int,
+             batch_size: int = 16, progress: bool = False) -> list[str]:
+    """Greedy continuations of ``prompts``, batched by similar length, returned in input order."""
+    import torch
+    from tqdm.auto import tqdm
+
+    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    encoded = [encode_prompt(tokenizer, p, seq2seq, max_input_tokens) for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    outputs: list[str] = [""] * len(prompts)
+    model.eval()
+    bar = tqdm(total=len(prompts), desc="generate", unit="input", disable=not progress, leave=False)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+        with torch.inference_mode():
+            out = model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )
+        if not seq2seq:  # a decoder-only model returns the prompt too
+            out = out[:, batch["input_ids"].shape[1] :]
+        for i, text in zip(rows, tokenizer.batch_decode(out, skip_special_tokens=True)):
+            outputs[i] = text.strip()
+        bar.update(len(rows))
+    bar.close()
+    return outputs
+
+
+def predict(model, tokenizer, meta: dict, inputs: list[str], *, with_rationale: bool = False,
+            batch_size: int = 16, progress: bool = False) -> list[dict]:
+    """{"label": ...} per input (and "rationale" when asked), the way the student was trained.
+
+    A single_task student writes its rationale before its label, so it always generates both;
+    every other student answers the label task alone unless a rationale is asked for.
+    """
+    limits = {"max_input_tokens": meta["max_input_tokens"], "batch_size": batch_size, "progress": progress}
+    if meta["method"] == "single_task":
+        texts = generate(model, tokenizer, [prompt_text(x) for x in inputs],
+                         max_new_tokens=meta["max_target_tokens"] + meta["label_max_tokens"], **limits)
+        results = []
+        for text in texts:
+            rationale, label = parse_single_task_output(text)
+            results.append({"label": label, "rationale": rationale} if with_rationale else {"label": label})
+        return results
+    labels = generate(model, tokenizer, [prompt_text(x, LABEL_TASK) for x in inputs],
+                      max_new_tokens=meta["label_max_tokens"], **limits)
+    results = [{"label": label} for label in labels]
+    if with_rationale:
+        rationales = generate(model, tokenizer, [prompt_text(x, RATIONALE_TASK) for x in inputs],
+                              max_new_tokens=meta["max_target_tokens"], **limits)
+        for result, rationale in zip(results, rationales):
+            result["rationale"] = rationale
+    return results

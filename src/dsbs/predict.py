@@ -1,0 +1,57 @@
+"""`dsbs predict`: the deployment path, JSONL in and JSONL out, streamed in batches."""
+
+import json
+from itertools import islice
+from pathlib import Path
+
+from dsbs.tasks.common import DataError
+
+
+def _inputs(path: Path, field: str, skip_bad: bool, bad: list):
+    """(line number, input text) per usable line; a bad line is fatal unless ``skip_bad``."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+                if not isinstance(obj, dict):
+                    raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+                if not isinstance(obj.get(field), str):
+                    raise ValueError(f"missing text field {field!r}")
+            except (UnicodeDecodeError, ValueError) as err:
+                message = f"{path}:{number}: {err}"
+                if not skip_bad:
+                    raise DataError(message) from None
+                bad.append(message)
+                continue
+            yield number, obj[field]
+
+
+def predict_file(model_dir: str, input: str, output: str, input_field: str = "input", batch_size: int = 16,
+                 with_rationale: bool = False, skip_bad_lines: bool = False) -> dict:
+    """Predict a label for every line of ``input``; memory stays constant however long the file."""
+    from tqdm.auto import tqdm
+
+    from dsbs.inference import predict, read_meta
+    from dsbs.models import load_student
+
+    path = Path(input)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    meta = read_meta(model_dir)
+    model, tokenizer = load_student(model_dir)
+    bad: list[str] = []
+    lines = _inputs(path, input_field, skip_bad_lines, bad)
+    written = 0
+    with open(output, "w") as out, tqdm(desc="predict", unit="input") as bar:
+        while chunk := list(islice(lines, batch_size * 8)):
+            results = predict(model, tokenizer, meta, [text for _, text in chunk],
+                              with_rationale=with_rationale, batch_size=batch_size)
+            for (number, text), result in zip(chunk, results):
+                out.write(json.dumps({"line": number, "input": text, **result}) + "\n")
+            written += len(chunk)
+            bar.update(len(chunk))
+    for message in bad:
+        print(f"skipped {message}")
+    return {"predicted": written, "skipped": len(bad)}

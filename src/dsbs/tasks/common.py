@@ -1,0 +1,220 @@
+"""What every task shares: the example record, file readers with precise errors, splits."""
+
+import csv
+import json
+import os
+import random
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+# single_task targets are "rationale + marker + label"; the label is read back after the last marker.
+SINGLE_TASK_MARKER = " So the answer is "
+
+
+class DataError(ValueError):
+    """A user's data file is unusable; the message names the file, line and field."""
+
+
+@dataclass
+class Example:
+    """One input with its gold label and, where a teacher answered, its rationale and label."""
+
+    input: str
+    label: str | None = None
+    rationale: str | None = None
+    teacher_label: str | None = None
+    completion: str | None = None
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark or user task: how to load a split, parse a teacher completion, score a label."""
+
+    name: str
+    load: Callable[[str], list[Example]]
+    parse_completion: Callable[[str], tuple[str | None, str | None]]
+    labels_match: Callable[[str, str], bool]
+    label_max_tokens: int = 32
+    train_split: str = "train"
+    test_split: str = "test"
+    label_is_valid: Callable[[str], bool] = bool  # a student answer we could score at all
+
+
+def normalize_text_label(label: str) -> str:
+    """Collapse spaces, drop surrounding quotes and a trailing full stop.
+
+    Case is kept, as in the paper's scoring: labels are choice texts copied verbatim.
+    """
+    label = " ".join(label.split())
+    return label.strip("\"'").rstrip(".").strip()
+
+
+def text_labels_match(predicted: str, gold: str) -> bool:
+    return normalize_text_label(predicted) == normalize_text_label(gold)
+
+
+def cut_at_next_example(completion: str, markers: tuple[str, ...]) -> str:
+    """Few-shot completions run on into an invented next example; keep what comes before it."""
+    cut = len(completion)
+    for marker in markers:
+        pos = completion.find(marker)
+        if pos != -1:
+            cut = min(cut, pos)
+    return completion[:cut].strip()
+
+
+def split_on_marker(text: str, marker: str) -> tuple[str | None, str | None]:
+    """(rationale, answer text) around the last ``marker``; (None, None) when it is absent."""
+    pos = text.rfind(marker)
+    if pos == -1:
+        return None, None
+    rationale = text[:pos].strip()
+    return (rationale or None), text[pos + len(marker):].strip()
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
+    """--data-dir, else $DSBS_DATA_DIR, else what `dsbs data download` unpacked."""
+    if data_dir:
+        path = Path(data_dir)
+    elif os.environ.get("DSBS_DATA_DIR"):
+        path = Path(os.environ["DSBS_DATA_DIR"])
+    else:
+        from dsbs.data import default_cache_dir
+
+        path = default_cache_dir() / "datasets"
+        if not path.is_dir():
+            raise DataError(
+                "no data directory: pass --data-dir, set DSBS_DATA_DIR, or run `dsbs data download`"
+            )
+    if not path.is_dir():
+        raise DataError(f"data directory {path} does not exist")
+    return path
+
+
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; DataError names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{number}: not valid UTF-8 ({err.reason} at byte {err.start})") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{number}: invalid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+            yield number, obj
+
+
+def read_csv(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) like read_jsonl, for a CSV file with a header row."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from None
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    reader = csv.DictReader(text.splitlines())
+    for row in reader:
+        yield reader.line_num, row
+
+
+def read_records(path: Path) -> Iterator[tuple[int, dict]]:
+    """JSONL or CSV chosen by the file's suffix."""
+    return read_csv(path) if Path(path).suffix.lower() == ".csv" else read_jsonl(path)
+
+
+def field(obj: dict, name: str, kind: type | tuple[type, ...], where: str):
+    """obj[name] checked for presence and type; ``where`` is "file:line" for the message."""
+    if name not in obj:
+        raise DataError(f"{where}: missing field {name!r}")
+    value = obj[name]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise DataError(f"{where}: field {name!r} should be {expected}, got {type(value).__name__}")
+    return value
+
+
+def read_completions(llm_dir: Path, split: str) -> list[str] | None:
+    """Teacher completions of the paper's layout, ``{split}_CoT_{i}.json`` concatenated by i."""
+    files = sorted(llm_dir.glob(f"{split}_CoT_*.json"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+    if not files:
+        return None
+    completions: list[str] = []
+    for path in files:
+        try:
+            batch = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not valid UTF-8 ({err.reason})") from None
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+        if not isinstance(batch, list) or not all(isinstance(c, str) for c in batch):
+            raise DataError(f"{path}: expected a JSON list of completion strings")
+        completions.extend(batch)
+    return completions
+
+
+def load_paper_split(
+    data_dir: Path,
+    name: str,
+    split: str,
+    parse_row: Callable[[dict, str], tuple[str, str]],
+    parse_completion: Callable[[str], tuple[str | None, str | None]],
+) -> list[Example]:
+    """Gold rows of ``{name}/{name}_{split}.json`` aligned by position with the teacher's completions."""
+    path = Path(data_dir) / name / f"{name}_{split}.json"
+    examples = []
+    for number, row in read_jsonl(path):
+        text, label = parse_row(row, f"{path}:{number}")
+        examples.append(Example(input=text, label=label, id=str(row.get("id", row.get("uid", number)))))
+    completions = read_completions(Path(data_dir) / name / "llm", split)
+    if completions is not None:
+        if len(completions) != len(examples):
+            raise DataError(
+                f"{path.parent / 'llm'}: {len(completions)} teacher completions for split {split!r} "
+                f"but {path} has {len(examples)} rows; they are aligned by position and must match"
+            )
+        for example, completion in zip(examples, completions):
+            example.completion = completion
+            example.rationale, example.teacher_label = parse_completion(completion)
+            if example.teacher_label is None:
+                example.rationale = None  # an unparsable answer makes its reasoning untrustworthy too
+    return examples
+
+
+def split_validation(examples: list, fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:
+    """(train, validation): a seeded ``fraction`` of the pool held out for model selection."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(examples) * fraction)) if len(examples) > 1 else 0
+    held = set(order[:n_val])
+    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+
+
+def subsample(examples: list, fraction: float, seed: int) -> list:
+    """A seeded ``fraction`` of ``examples``, in their original order."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"data fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return list(examples)
+    n = max(1, round(len(examples) * fraction))
+    keep = sorted(random.Random(seed).sample(range(len(examples)), n))
+    return [examples[i] for i in keep]
+
+

@@ -1,0 +1,49 @@
+"""CommonsenseQA with CoS-E: five-way multiple choice; the label is the chosen answer's text."""
+
+import re
+from functools import partial
+
+from dsbs.tasks.common import (
+    DataError, Task, cut_at_next_example, field, load_paper_split, resolve_data_dir, split_on_marker,
+    text_labels_match,
+)
+
+NAME = "cqa"
+CHOICE_LETTERS = "abcde"
+_CHOICE = re.compile(r"\(([a-e])\)\s*(.*)", re.DOTALL)
+
+
+def format_input(question: str, choices: list[str]) -> str:
+    """The paper's student input: the question, then "Answer Choices:" and (a)..(e)."""
+    lines = [question, "Answer Choices:"]
+    lines += [f"({letter}) {choice}" for letter, choice in zip(CHOICE_LETTERS, choices)]
+    return "\n".join(lines)
+
+
+def parse_row(row: dict, where: str) -> tuple[str, str]:
+    question = field(row, "question", str, where)
+    choices = field(row, "choices", list, where)
+    if len(choices) != 5 or not all(isinstance(c, str) for c in choices):
+        raise DataError(f"{where}: field 'choices' should be a list of 5 strings")
+    return format_input(question, choices), field(row, "answer", str, where)
+
+
+def parse_completion(completion: str) -> tuple[str | None, str | None]:
+    """'... So the answer is (c) wooded area.' -> (rationale, 'wooded area')."""
+    rationale, answer = split_on_marker(cut_at_next_example(completion, ("\nQ:",)), "So the answer is")
+    match = _CHOICE.search(answer or "")
+    if rationale is None or match is None:
+        return None, None
+    label = match.group(2).strip().rstrip(".").strip()
+    return rationale, (label or None)
+
+
+def task(data_dir=None) -> Task:
+    root = resolve_data_dir(data_dir)
+    return Task(
+        name=NAME,
+        load=partial(load_paper_split, root, NAME, parse_row=parse_row, parse_completion=parse_completion),
+        parse_completion=parse_completion,
+        labels_match=text_labels_match,
+        label_max_tokens=16,
+    )

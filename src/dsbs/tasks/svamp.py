@@ -1,0 +1,36 @@
+"""SVAMP: arithmetic word problems; the label is an equation, scored by its value."""
+
+import re
+from functools import partial
+
+from dsbs.equation import equations_equal, is_equation
+from dsbs.tasks.common import Task, cut_at_next_example, field, load_paper_split, resolve_data_dir, split_on_marker
+
+NAME = "svamp"
+_EQUATION = re.compile(r"\(.*\)", re.DOTALL)
+
+
+def parse_row(row: dict, where: str) -> tuple[str, str]:
+    """The released rows already join body and question with a newline, as the paper's input."""
+    return field(row, "input", str, where), field(row, "label", str, where)
+
+
+def parse_completion(completion: str) -> tuple[str | None, str | None]:
+    """'... The answer is (84 / 2).' -> (rationale, '(84 / 2)')."""
+    rationale, answer = split_on_marker(cut_at_next_example(completion, ("\nQ:",)), "The answer is")
+    match = _EQUATION.search(answer or "")
+    if rationale is None or match is None:
+        return None, None
+    return rationale, match.group(0)
+
+
+def task(data_dir=None) -> Task:
+    root = resolve_data_dir(data_dir)
+    return Task(
+        name=NAME,
+        load=partial(load_paper_split, root, NAME, parse_row=parse_row, parse_completion=parse_completion),
+        parse_completion=parse_completion,
+        labels_match=equations_equal,
+        label_max_tokens=32,
+        label_is_valid=is_equation,
+    )

@@ -1,0 +1,63 @@
+"""Tiny students built from configs, with a byte-level BPE tokenizer trained here in milliseconds."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dsbs.tasks import demo
+
+DATA_DIR = os.environ.get("DSBS_DATA_DIR")
+needs_data = pytest.mark.skipif(not DATA_DIR, reason="set DSBS_DATA_DIR to the paper's data (../shared/datasets)")
+
+
+def _tokenizer(seq2seq: bool):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    texts = [t for e in demo.load("train") for t in (e.input, e.label, e.rationale)] + ["[label] [rationale] So the answer is"]
+    tok.train_from_iterator(texts, trainer)
+    if seq2seq:  # T5-style: the encoder input and the target both end in </s>
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_tiny_student(path: Path, seq2seq: bool) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    tokenizer = _tokenizer(seq2seq)
+    ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
+    if seq2seq:
+        config = T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=64, d_kv=8, num_layers=2, num_decoder_layers=2,
+                          num_heads=4, decoder_start_token_id=tokenizer.pad_token_id, **ids)
+        model = T5ForConditionalGeneration(config)
+    else:
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                             bos_token_id=tokenizer.eos_token_id, **ids)
+        model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_causal(tmp_path_factory) -> str:
+    return str(build_tiny_student(tmp_path_factory.mktemp("tiny-causal"), seq2seq=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_seq2seq(tmp_path_factory) -> str:
+    return str(build_tiny_student(tmp_path_factory.mktemp("tiny-t5"), seq2seq=True))
+
+
+@pytest.fixture(params=["causal", "seq2seq"])
+def tiny_student(request, tiny_causal, tiny_seq2seq) -> str:
+    return tiny_causal if request.param == "causal" else tiny_seq2seq

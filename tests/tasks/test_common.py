@@ -1,0 +1,98 @@
+"""Readers, alignment and splits, on files written here and on the paper's released data."""
+
+import json
+
+import pytest
+
+from dsbs.tasks import TaskConfig, get_task
+from dsbs.tasks.common import DataError, Example, load_paper_split, read_jsonl, split_validation, subsample
+from dsbs.tasks import svamp
+from tests.conftest import DATA_DIR, needs_data
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"input": "a", "label": "b"}\n{"input": "c", "label"\n')
+    with pytest.raises(DataError, match=rf"{path}:2: invalid JSON"):
+        list(read_jsonl(path))
+
+
+def test_empty_file_and_non_utf8(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(DataError, match="file is empty"):
+        list(read_jsonl(empty))
+    binary = tmp_path / "latin.jsonl"
+    binary.write_bytes(b'{"input": "ok"}\n{"input": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin.jsonl:2: not valid UTF-8"):
+        list(read_jsonl(binary))
+
+
+def test_missing_and_mistyped_fields_named(tmp_path):
+    root = tmp_path / "svamp"
+    root.mkdir()
+    (root / "svamp_train.json").write_text('{"input": "q1", "label": "( 1 + 2 )"}\n{"input": "q2"}\n')
+    with pytest.raises(DataError, match=r"svamp_train.json:2: missing field 'label'"):
+        load_paper_split(tmp_path, "svamp", "train", svamp.parse_row, svamp.parse_completion)
+    (root / "svamp_train.json").write_text('{"input": 5, "label": "( 1 + 2 )"}\n')
+    with pytest.raises(DataError, match=r"svamp_train.json:1: field 'input' should be str, got int"):
+        load_paper_split(tmp_path, "svamp", "train", svamp.parse_row, svamp.parse_completion)
+
+
+def test_alignment_by_position_and_count_mismatch(tmp_path):
+    root = tmp_path / "svamp"
+    (root / "llm").mkdir(parents=True)
+    rows = [{"input": f"q{i}", "label": f"( {i} + 1 )"} for i in range(3)]
+    (root / "svamp_train.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    # two batch files, ordered by their number (10 after 2), not by name
+    (root / "llm" / "train_CoT_0.json").write_text(json.dumps(["r0. The answer is (0 + 1).", "no answer"]))
+    (root / "llm" / "train_CoT_1.json").write_text(json.dumps(["r2. The answer is (2 + 1)."]))
+    examples = load_paper_split(tmp_path, "svamp", "train", svamp.parse_row, svamp.parse_completion)
+    assert [(e.input, e.rationale, e.teacher_label) for e in examples] == [
+        ("q0", "r0.", "(0 + 1)"), ("q1", None, None), ("q2", "r2.", "(2 + 1)")]
+    (root / "llm" / "train_CoT_1.json").write_text(json.dumps([]))
+    with pytest.raises(DataError, match="2 teacher completions .* 3 rows"):
+        load_paper_split(tmp_path, "svamp", "train", svamp.parse_row, svamp.parse_completion)
+
+
+def test_validation_split_is_fixed_and_disjoint():
+    pool = [Example(input=str(i)) for i in range(100)]
+    train, val = split_validation(pool, 0.1, seed=0)
+    assert len(val) == 10 and len(train) == 90
+    assert not {e.input for e in train} & {e.input for e in val}
+    assert [e.input for e in split_validation(pool, 0.1, seed=0)[1]] == [e.input for e in val]
+    quarter = subsample(train, 0.25, seed=1)
+    assert len(quarter) == 22 and subsample(train, 0.25, seed=1) == quarter
+    assert subsample(train, 0.25, seed=2) != quarter
+
+
+def test_custom_task_jsonl_and_csv(tmp_path):
+    jsonl = tmp_path / "mine.jsonl"
+    jsonl.write_text(json.dumps({"q": "2+2?", "ctx": "math", "answer": "4", "why": "two and two", "teacher": "4"}) + "\n")
+    config = TaskConfig(task=str(jsonl), input_template="{ctx}: {q}", label_field="answer",
+                        rationale_field="why", teacher_label_field="teacher", metric="equation")
+    task = get_task(config)
+    [example] = task.load("train")
+    assert (example.input, example.label, example.rationale, example.teacher_label) == ("math: 2+2?", "4", "two and two", "4")
+    assert task.labels_match("2 + 2", "4")
+    csv_path = tmp_path / "mine.csv"
+    csv_path.write_text("text,label\nhello,greeting\nbye,\n")
+    rows = get_task(TaskConfig(task=str(csv_path), input_field="text")).load("train")
+    assert [(e.input, e.label) for e in rows] == [("hello", "greeting"), ("bye", None)]
+    with pytest.raises(DataError, match=r"mine.csv:2: missing field 'body'"):
+        get_task(TaskConfig(task=str(csv_path), input_field="body")).load("train")
+    with pytest.raises(DataError, match="--test-file"):
+        task.load("test")
+
+
+@needs_data
+@pytest.mark.parametrize("name, split, rows, accuracy", [
+    ("cqa", "test", 1221, 0.7723), ("svamp", "test", 200, 0.74), ("esnli", "test", 300, None), ("anli1", "valid", 300, None)])
+def test_released_data_loads_with_palm_accuracy(name, split, rows, accuracy):
+    from dsbs.data import inspect
+
+    report = inspect(TaskConfig(task=name, data_dir=DATA_DIR), split=split)
+    assert report["rows"] == rows and report["teacher_answers"] == rows
+    assert report["parse_failures"] < 0.02 * rows
+    if accuracy is not None:
+        assert report["teacher_accuracy"] == accuracy

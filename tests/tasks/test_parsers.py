@@ -1,0 +1,42 @@
+"""Each teacher format: the paper's example, a completion that runs on, and malformed ones."""
+
+import pytest
+
+from dsbs.tasks import anli1, cqa, esnli, svamp
+
+
+def test_cqa_parses_choice_text_and_cuts_next_example():
+    completion = ("The answer must be a place. Only wooded areas fit. So the answer is (c) wooded area.\n\n"
+                  "Q: What is the best way?\nAnswer Choices:\n(a) x\nA: ... So the answer is (a) x.")
+    assert cqa.parse_completion(completion) == ("The answer must be a place. Only wooded areas fit.", "wooded area")
+
+
+@pytest.mark.parametrize("bad", ["No conclusion here.", "So the answer is wooded area.", "", "So the answer is (c)"])
+def test_cqa_malformed(bad):
+    assert cqa.parse_completion(bad) == (None, None)
+
+
+def test_svamp_parses_equation():
+    completion = "He scored 84 in 2 rounds. 84 / 2 = 42. The answer is (84 / 2).\n\nQ: There are 120 students. The answer is (120 / 3)."
+    assert svamp.parse_completion(completion) == ("He scored 84 in 2 rounds. 84 / 2 = 42.", "(84 / 2)")
+    assert svamp.parse_completion("The answer is 42.") == (None, None)
+    assert svamp.parse_completion("I do not know (yet)") == (None, None)
+
+
+def test_esnli_parses_word_after_answer():
+    completion = "Not all churches have cracks.\nAnswer: neutral\n\nPremise: A church.\nHypothesis: x\nAnswer: entailment"
+    assert esnli.parse_completion(completion) == ("Not all churches have cracks.", "neutral")
+    assert esnli.parse_completion("Some reasoning.\nAnswer: maybe") == (None, None)
+    assert esnli.parse_completion("Answer: neutral") == (None, None)  # no rationale to learn from
+
+
+def test_anli_parses_after_so_the_answer_is():
+    completion = "London is in Europe. So the answer is entailment.\n\nPremise: x\nHypothesis: y\nAnswer: z. So the answer is neutral."
+    assert anli1.parse_completion(completion) == ("London is in Europe.", "entailment")
+    assert anli1.parse_completion("London is in Europe. So the answer is yes.") == (None, None)
+
+
+def test_student_inputs_follow_the_paper():
+    assert cqa.format_input("Where?", ["a1", "b1", "c1", "d1", "e1"]) == (
+        "Where?\nAnswer Choices:\n(a) a1\n(b) b1\n(c) c1\n(d) d1\n(e) e1")
+    assert esnli.format_input("P.", "H.") == "Premise: P.\nHypothesis: H."

@@ -1,0 +1,102 @@
+"""Training on tiny students: every method, loss falls, weights change, checkpoints, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dsbs.batching import METHODS
+from dsbs.tasks import TaskConfig
+from dsbs.tasks.common import DataError
+from dsbs.train import TrainConfig, batch_indices, train
+
+DEMO = TaskConfig(task="demo")
+
+
+def quick_config(student: str, output: Path, **overrides) -> TrainConfig:
+    settings = dict(student=student, output=str(output), max_steps=4, batch_size=4, lr=1e-3, eval_limit=8,
+                    max_input_tokens=64, max_target_tokens=48, log_interval=2, precision="fp32")
+    return TrainConfig(**{**settings, **overrides})
+
+
+def weights(path) -> dict:
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def log_records(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_and_saves_a_plain_transformers_model(method, tiny_student, tmp_path):
+    from transformers import AutoConfig
+
+    summary = train(DEMO, quick_config(tiny_student, tmp_path, method=method))
+    assert summary["steps"] == 4 and summary["train_examples"] == 360
+    model_dir = tmp_path / "model"
+    meta = json.loads((model_dir / "dsbs.json").read_text())
+    assert meta["method"] == method and meta["task"] == "demo"
+    assert AutoConfig.from_pretrained(model_dir).model_type in ("llama", "t5")
+    resolved = json.loads((tmp_path / "train_config.json").read_text())
+    assert resolved["train"]["method"] == method and resolved["max_steps"] == 4
+    losses = [r for r in log_records(tmp_path) if "loss" in r]
+    assert all(r["rationale_loss"] > 0 for r in losses) == (method == "dsbs")
+
+
+def test_loss_falls_and_every_weight_changes(tiny_student, tmp_path):
+    before = weights(tiny_student)
+    train(DEMO, quick_config(tiny_student, tmp_path, method="dsbs", max_steps=60, lr=5e-3, log_interval=10, eval_limit=4))
+    losses = [r for r in log_records(tmp_path) if "loss" in r]
+    assert losses[-1]["label_loss"] < 0.85 * losses[0]["label_loss"]
+    assert losses[-1]["rationale_loss"] < 0.85 * losses[0]["rationale_loss"]
+    after = weights(tmp_path / "checkpoints" / "step-000060")
+    unchanged = [name for name, tensor in before.items() if name in after and torch.equal(tensor, after[name])]
+    assert not unchanged
+
+
+def test_data_order_is_a_function_of_the_step():
+    first_epoch = [i for k in range(5) for i in batch_indices(10, 2, seed=3, micro_step=k)]
+    assert sorted(first_epoch) == list(range(10))
+    assert batch_indices(10, 4, seed=3, micro_step=2) == batch_indices(10, 4, seed=3, micro_step=2)
+    assert batch_indices(10, 4, seed=3, micro_step=3) != batch_indices(10, 4, seed=4, micro_step=3)
+
+
+def test_existing_run_needs_resume(tiny_causal, tmp_path):
+    train(DEMO, quick_config(tiny_causal, tmp_path, max_steps=2))
+    with pytest.raises(DataError, match="--resume"):
+        train(DEMO, quick_config(tiny_causal, tmp_path, max_steps=2))
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_causal, tmp_path):
+    args = ["--task", "demo", "--student", tiny_causal, "--max-steps", "40", "--batch-size", "4", "--lr", "1e-3",
+            "--save-interval", "2", "--eval-interval", "10", "--eval-limit", "4", "--precision", "fp32",
+            "--max-input-tokens", "64", "--max-target-tokens", "48", "--log-interval", "1"]
+    reference = tmp_path / "reference"
+    subprocess.run([sys.executable, "-m", "dsbs", "train", *args, "--output", str(reference)], check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "dsbs", "train", *args, "--output", str(killed)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list((killed / "checkpoints").glob("step-0000[1-3]*")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
+
+    subprocess.run([sys.executable, "-m", "dsbs", "train", *args, "--output", str(killed), "--resume"],
+                   check=True, capture_output=True)
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["steps"] == 40
+    steps = [r["step"] for r in log_records(killed) if "loss" in r]
+    assert steps == list(range(1, 41)), "each step logged exactly once"
+    expected, got = weights(reference / "checkpoints" / "step-000040"), weights(killed / "checkpoints" / "step-000040")
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)

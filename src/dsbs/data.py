@@ -48,6 +48,8 @@ def _fetch(url: str, part: Path, timeout: float) -> int:
             while chunk := response.read(1 << 16):
                 f.write(chunk)
                 bar.update(len(chunk))
+    if total > 0 and part.stat().st_size < total:  # the server closed early without an error
+        raise ConnectionError(f"connection closed after {part.stat().st_size} of {total} bytes")
     return total
 
 
@@ -73,6 +75,7 @@ def _unpack(archive: Path, target: Path, source: str) -> None:
 def download(url: str = PAPER_DATA_URL, cache_dir: str | None = None, sha256: str | None = None,
              force: bool = False, retries: int = 3, timeout: float = 60.0) -> Path:
     """Fetch and unpack the paper's ``datasets.zip``; returns the data dir the loaders read."""
+    import http.client
     import urllib.error
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -86,7 +89,7 @@ def download(url: str = PAPER_DATA_URL, cache_dir: str | None = None, sha256: st
         try:
             total = _fetch(url, part, timeout)
             break
-        except (urllib.error.URLError, OSError) as err:  # a broken connection resumes where it stopped
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:  # a broken transfer resumes
             if attempt == retries:
                 raise DataError(f"download of {url} failed after {retries} attempts: {err}") from None
             print(f"download interrupted ({err}); resuming")

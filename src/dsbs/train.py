@@ -169,7 +169,8 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
     if (output / "summary.json").is_file() and config.resume:
         print(f"{output} already holds a finished run; nothing to do")
         return json.loads((output / "summary.json").read_text())
-    if not config.resume and (output / "checkpoints").is_dir() and any((output / "checkpoints").iterdir()):
+    has_run = (output / "summary.json").is_file() or any((output / "checkpoints").glob("step-*"))
+    if has_run and not config.resume:
         raise DataError(f"{output} already holds a run: pass --resume to continue it, or choose another --output")
 
     # Data: the pool, a fixed validation split for model selection, then the seeded fraction.

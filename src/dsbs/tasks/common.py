@@ -4,9 +4,9 @@ import csv
 import json
 import os
 import random
-import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 # single_task targets are "rationale + marker + label"; the label is read back after the last marker.
@@ -196,6 +196,13 @@ def load_paper_split(
             if example.teacher_label is None:
                 example.rationale = None  # an unparsable answer makes its reasoning untrustworthy too
     return examples
+
+
+def paper_task(name: str, data_dir, parse_row, parse_completion, labels_match, **settings) -> Task:
+    """A Task over the paper's released layout in ``data_dir`` (resolved as resolve_data_dir does)."""
+    root = resolve_data_dir(data_dir)
+    load = partial(load_paper_split, root, name, parse_row=parse_row, parse_completion=parse_completion)
+    return Task(name=name, load=load, parse_completion=parse_completion, labels_match=labels_match, **settings)
 
 
 def split_validation(examples: list, fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:

@@ -1,12 +1,7 @@
 """CommonsenseQA with CoS-E: five-way multiple choice; the label is the chosen answer's text."""
 
 import re
-from functools import partial
-
-from dsbs.tasks.common import (
-    DataError, Task, cut_at_next_example, field, load_paper_split, resolve_data_dir, split_on_marker,
-    text_labels_match,
-)
+from dsbs.tasks.common import DataError, Task, cut_at_next_example, field, paper_task, split_on_marker, text_labels_match
 
 NAME = "cqa"
 CHOICE_LETTERS = "abcde"
@@ -39,11 +34,4 @@ def parse_completion(completion: str) -> tuple[str | None, str | None]:
 
 
 def task(data_dir=None) -> Task:
-    root = resolve_data_dir(data_dir)
-    return Task(
-        name=NAME,
-        load=partial(load_paper_split, root, NAME, parse_row=parse_row, parse_completion=parse_completion),
-        parse_completion=parse_completion,
-        labels_match=text_labels_match,
-        label_max_tokens=16,
-    )
+    return paper_task(NAME, data_dir, parse_row, parse_completion, text_labels_match, label_max_tokens=16)

@@ -1,14 +1,15 @@
 """The built-in offline demo: small arithmetic word problems the package generates itself.
 
 It exists so the whole pipeline runs on a fresh machine with no internet and no data. The
-"teacher" here is a script that writes a correct step-by-step rationale for each problem, in
-SVAMP's format (the label is an equation scored by value); it stands in for an LLM's answers
-and says nothing about how the method does on real benchmarks.
+"teacher" here is a script that writes a correct step-by-step rationale for each problem; the
+label is the number itself (scored by value), so a student has to compute it, which is what the
+rationale teaches. It stands in for an LLM's answers and says nothing about how the method does
+on real benchmarks.
 """
 
 import random
 
-from dsbs.equation import equations_equal, is_equation
+from dsbs.equation import equations_equal, evaluate_equation, is_equation
 from dsbs.tasks.common import Example, Task
 
 NAME = "demo"
@@ -57,7 +58,8 @@ def load(split: str) -> list[Example]:
             continue
         seen.add(question)
         i = len(examples)
-        examples.append(Example(input=question, label=equation, rationale=rationale, teacher_label=equation, id=f"{split}-{i}"))
+        answer = f"{evaluate_equation(equation):g}"
+        examples.append(Example(input=question, label=answer, rationale=rationale, teacher_label=answer, id=f"{split}-{i}"))
     return examples
 
 
@@ -67,6 +69,6 @@ def task() -> Task:
         load=load,
         parse_completion=lambda completion: (None, None),
         labels_match=equations_equal,
-        label_max_tokens=24,
+        label_max_tokens=8,
         label_is_valid=is_equation,
     )

@@ -1,11 +1,6 @@
 """e-SNLI: natural language inference with human explanations; labels are NLI words."""
 
-from functools import partial
-
-from dsbs.tasks.common import (
-    DataError, Task, cut_at_next_example, field, load_paper_split, resolve_data_dir, split_on_marker,
-    text_labels_match,
-)
+from dsbs.tasks.common import DataError, Task, cut_at_next_example, field, paper_task, split_on_marker, text_labels_match
 
 NAME = "esnli"
 NLI_LABELS = ("entailment", "neutral", "contradiction")
@@ -29,21 +24,22 @@ def nli_label(answer: str | None) -> str | None:
     return word if word in NLI_LABELS else None
 
 
-def parse_completion(completion: str) -> tuple[str | None, str | None]:
-    """'rationale\\nAnswer: neutral' -> (rationale, 'neutral')."""
-    rationale, answer = split_on_marker(cut_at_next_example(completion, ("\nPremise:",)), "Answer:")
+def is_nli_label(answer: str) -> bool:
+    return answer.strip() in NLI_LABELS
+
+
+def parse_nli_completion(completion: str, marker: str) -> tuple[str | None, str | None]:
+    """(rationale, NLI word) around ``marker``, in the part before PaLM's invented next example."""
+    rationale, answer = split_on_marker(cut_at_next_example(completion, ("\nPremise:",)), marker)
     label = nli_label(answer)
     return (rationale, label) if rationale and label else (None, None)
 
 
+def parse_completion(completion: str) -> tuple[str | None, str | None]:
+    """'rationale\\nAnswer: neutral' -> (rationale, 'neutral')."""
+    return parse_nli_completion(completion, "Answer:")
+
+
 def task(data_dir=None) -> Task:
-    root = resolve_data_dir(data_dir)
-    return Task(
-        name=NAME,
-        load=partial(load_paper_split, root, NAME, parse_row=parse_nli_row, parse_completion=parse_completion),
-        parse_completion=parse_completion,
-        labels_match=text_labels_match,
-        label_max_tokens=8,
-        label_is_valid=lambda answer: answer.strip() in NLI_LABELS,
-        train_split="valid",  # only a sample of valid/test ships with the paper's data here
-    )
+    return paper_task(NAME, data_dir, parse_nli_row, parse_completion, text_labels_match, label_max_tokens=8,
+                      label_is_valid=is_nli_label, train_split="valid")  # only valid/test samples ship here

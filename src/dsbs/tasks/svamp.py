@@ -1,10 +1,8 @@
 """SVAMP: arithmetic word problems; the label is an equation, scored by its value."""
 
 import re
-from functools import partial
-
 from dsbs.equation import equations_equal, is_equation
-from dsbs.tasks.common import Task, cut_at_next_example, field, load_paper_split, resolve_data_dir, split_on_marker
+from dsbs.tasks.common import Task, cut_at_next_example, field, paper_task, split_on_marker
 
 NAME = "svamp"
 _EQUATION = re.compile(r"\(.*\)", re.DOTALL)
@@ -25,12 +23,5 @@ def parse_completion(completion: str) -> tuple[str | None, str | None]:
 
 
 def task(data_dir=None) -> Task:
-    root = resolve_data_dir(data_dir)
-    return Task(
-        name=NAME,
-        load=partial(load_paper_split, root, NAME, parse_row=parse_row, parse_completion=parse_completion),
-        parse_completion=parse_completion,
-        labels_match=equations_equal,
-        label_max_tokens=32,
-        label_is_valid=is_equation,
-    )
+    return paper_task(NAME, data_dir, parse_row, parse_completion, equations_equal, label_max_tokens=32,
+                      label_is_valid=is_equation)

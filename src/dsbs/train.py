@@ -112,17 +112,22 @@ def replace_dir(staging: Path, target: Path) -> None:
 
 
 def latest_checkpoint(output: Path) -> Path | None:
-    checkpoints = sorted((output / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return checkpoints[-1] if checkpoints else None
+    checkpoints = sorted((output / "checkpoints").glob("step-*/training_state.pt"), key=lambda p: int(p.parent.name.split("-")[1]))
+    return checkpoints[-1].parent if checkpoints else None
 
 
-def save_model(model, tokenizer, meta: dict, target: Path) -> None:
+def save_model(model, tokenizer, meta: dict, target: Path, training_state: dict | None = None) -> None:
+    """Weights, tokenizer, dsbs.json (and a checkpoint's optimizer state), all in place at once."""
     staging = target.with_name(f".tmp-{target.name}")
     if staging.exists():
         shutil.rmtree(staging)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     (staging / "dsbs.json").write_text(json.dumps(meta, indent=2))
+    if training_state is not None:
+        import torch
+
+        torch.save(training_state, staging / "training_state.pt")
     replace_dir(staging, target)
 
 
@@ -169,9 +174,13 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
     if (output / "summary.json").is_file() and config.resume:
         print(f"{output} already holds a finished run; nothing to do")
         return json.loads((output / "summary.json").read_text())
-    has_run = (output / "summary.json").is_file() or any((output / "checkpoints").glob("step-*"))
+    has_run = (output / "summary.json").is_file() or latest_checkpoint(output) is not None
     if has_run and not config.resume:
         raise DataError(f"{output} already holds a run: pass --resume to continue it, or choose another --output")
+
+    stranded = output / ".old-model"  # a kill inside replace_dir leaves the previous best here
+    if stranded.is_dir() and not (output / "model").exists():
+        os.replace(stranded, output / "model")
 
     # Data: the pool, a fixed validation split for model selection, then the seeded fraction.
     task = get_task(task_config)
@@ -240,11 +249,9 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
 
     def save_checkpoint() -> None:
         target = output / "checkpoints" / f"step-{step:06d}"
-        save_model(model, tokenizer, meta, target)
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "torch_rng": torch.get_rng_state(), "step": step, "best": best, "max_steps": max_steps}
-        torch.save(state, target / "training_state.tmp")
-        os.replace(target / "training_state.tmp", target / "training_state.pt")
+        save_model(model, tokenizer, meta, target, training_state=state)
         for old in (output / "checkpoints").glob("step-*"):
             if old != target:
                 shutil.rmtree(old)

@@ -21,6 +21,8 @@ class TaskConfig:
     rationale_field: str = field(default="rationale", metadata={"help": "own task: field holding the teacher's rationale (optional)"})
     teacher_label_field: str = field(default="teacher_label", metadata={"help": "own task: field holding the teacher's label (optional)"})
     metric: str = field(default="exact", metadata={"help": "own task: exact (text match after light normalisation) or equation (arithmetic compared by value)"})
+    answer_marker: str = field(default="So the answer is", metadata={"help": "own task: the phrase before the label in a teacher's answer"})
+    label_set: str | None = field(default=None, metadata={"help": "own task: comma-separated allowed labels; a teacher answer outside them counts as unparsable"})
 
     def __post_init__(self):
         if self.metric not in ("exact", "equation"):

@@ -4,7 +4,7 @@ from functools import partial
 from pathlib import Path
 
 from dsbs.equation import equations_equal, is_equation
-from dsbs.tasks.common import DataError, Example, Task, read_records, text_labels_match
+from dsbs.tasks.common import DataError, Example, Task, cut_at_next_example, read_records, split_on_marker, text_labels_match
 
 
 def _optional_text(row: dict, name: str, where: str) -> str | None:
@@ -14,6 +14,21 @@ def _optional_text(row: dict, name: str, where: str) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise DataError(f"{where}: field {name!r} should be text, got {type(value).__name__}")
     return str(value)
+
+
+def parse_completion(config, completion: str) -> tuple[str | None, str | None]:
+    """(rationale, label) around the task's answer marker, checked against its label set or metric."""
+    rationale, answer = split_on_marker(cut_at_next_example(completion, ("\nQ:",)), config.answer_marker)
+    if rationale is None or not answer:
+        return None, None
+    answer = answer.splitlines()[0].strip().rstrip(".").strip()
+    if config.label_set:
+        allowed = {label.strip().lower(): label.strip() for label in config.label_set.split(",")}
+        label = allowed.get(answer.lower())
+        return (rationale, label) if label else (None, None)
+    if config.metric == "equation" and not is_equation(answer):
+        return None, None
+    return rationale, answer
 
 
 def row_to_example(row: dict, where: str, config) -> Example:
@@ -59,7 +74,7 @@ def task(config) -> Task:
     return Task(
         name=path.stem,
         load=partial(_load, config),
-        parse_completion=lambda completion: (None, None),
+        parse_completion=partial(parse_completion, config),
         labels_match=equations_equal if config.metric == "equation" else text_labels_match,
         label_max_tokens=32,
         label_is_valid=is_equation if config.metric == "equation" else bool,

@@ -10,7 +10,7 @@ on real benchmarks.
 import random
 
 from dsbs.equation import equations_equal, evaluate_equation, is_equation
-from dsbs.tasks.common import Example, Task
+from dsbs.tasks.common import Example, Task, cut_at_next_example, split_on_marker
 
 NAME = "demo"
 SPLIT_SIZES = {"train": 400, "test": 100}
@@ -63,11 +63,18 @@ def load(split: str) -> list[Example]:
     return examples
 
 
+def parse_completion(completion: str) -> tuple[str | None, str | None]:
+    """'... 40 - 10 = 30. So the answer is 30.' -> (rationale, '30'), for a real teacher's answers."""
+    rationale, answer = split_on_marker(cut_at_next_example(completion, ("\nQ:",)), "So the answer is")
+    answer = (answer or "").split("\n")[0].strip().rstrip(".").strip()
+    return (rationale, answer) if rationale and is_equation(answer) else (None, None)
+
+
 def task() -> Task:
     return Task(
         name=NAME,
         load=load,
-        parse_completion=lambda completion: (None, None),
+        parse_completion=parse_completion,
         labels_match=equations_equal,
         label_max_tokens=8,
         label_is_valid=is_equation,

@@ -1,0 +1,142 @@
+"""The teacher path against real HTTP servers on loopback: faults, retries, cache, kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dsbs.prompts import completion_prompt, load_prompt
+from dsbs.tasks import BENCHMARKS, TaskConfig, demo, get_task
+from dsbs.teach import RetryableError, TeachConfig, call_with_retries, teach
+from tests.conftest import DATA_DIR, needs_data
+from tests.fake_openai import FakeOpenAI
+
+DEMO = TaskConfig(task="demo")
+ROWS = demo.load("train")
+
+
+def query(row) -> str:
+    return f"Q: {row.input}\nA:"
+
+
+def config(server, tmp_path, **overrides) -> TeachConfig:
+    settings = dict(backend="openai", base_url=server.url, model="fake", limit=6, concurrency=3, timeout=0.5,
+                    max_retries=2, output=str(tmp_path / "teach"))
+    return TeachConfig(**{**settings, **overrides})
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in open(path)]
+
+
+def test_retry_policy_honours_retry_after_and_gives_up():
+    delays, calls = [], []
+
+    def flaky():
+        calls.append(1)
+        raise RetryableError("429", retry_after=0.25 if len(calls) == 1 else None)
+
+    with pytest.raises(RetryableError):
+        call_with_retries(flaky, max_retries=3, sleep=delays.append)
+    assert len(calls) == 4 and delays[0] == 0.25
+    assert all(0 <= d <= 0.5 * 2 ** (i + 1) for i, d in enumerate(delays[1:]))
+
+
+def test_every_fault_is_retried_or_recorded(tmp_path):
+    plans = {query(ROWS[0]): ["429"], query(ROWS[1]): ["500", "500"], query(ROWS[2]): ["hang"],
+             query(ROWS[3]): ["truncated"], query(ROWS[4]): ["garbage"], query(ROWS[5]): ["500"] * 10}
+    script = lambda item, attempt: (plans[item] + ["ok"])[attempt - 1] if attempt <= len(plans[item]) else "ok"
+    with FakeOpenAI(script=script, hang=2.0) as server:
+        summary = teach(DEMO, config(server, tmp_path))
+    assert [server.requests[query(r)] for r in ROWS[:6]] == [2, 3, 2, 2, 2, 3]
+    assert summary["failed_items"] == 1 and summary["items"] == 6 and summary["requests_made"] == 6
+    rows = read_jsonl(tmp_path / "teach" / "demo_train.jsonl")
+    assert [r["teacher_label"] for r in rows] == ["42"] * 5 + [None]
+    details = read_jsonl(tmp_path / "teach" / "demo_train_teacher.jsonl")
+    assert details[5]["errors"] and "500" in details[5]["errors"][0]
+    assert details[0]["completions"] == ["The numbers add up. So the answer is 42."] and details[0]["completion_tokens"] == 7
+    # the output is a task file dsbs train reads as it is
+    loaded = get_task(TaskConfig(task=str(tmp_path / "teach" / "demo_train.jsonl"))).load("train")
+    assert loaded[0].rationale == "The numbers add up." and loaded[0].teacher_label == "42"
+
+
+def test_cached_rerun_makes_no_request_and_chat_api_works(tmp_path):
+    with FakeOpenAI() as server:
+        first = teach(DEMO, config(server, tmp_path, api="chat"))
+        assert first["requests_made"] == 6 and sum(server.requests.values()) == 6
+        again = teach(DEMO, config(server, tmp_path, api="chat"))
+        assert sum(server.requests.values()) == 6
+        assert again["requests_made"] == 0 and again["answers_from_cache"] == 6
+        teach(DEMO, config(server, tmp_path, api="completion"))  # another prompt is another key
+        assert sum(server.requests.values()) == 12
+
+
+def test_samples_vote_and_keep_agreeing_rationales(tmp_path):
+    answers = {1: "Add them. So the answer is 42.", 2: "Guess. So the answer is 41.", 3: "Count. So the answer is 42."}
+    with FakeOpenAI(answer=lambda item, attempt: answers[attempt]) as server:
+        summary = teach(DEMO, config(server, tmp_path, limit=2, samples=3, temperature=0.7, concurrency=1))
+    details = read_jsonl(tmp_path / "teach" / "demo_train_teacher.jsonl")
+    assert summary["requests_made"] == 6
+    assert details[0]["label"] == "42" and details[0]["agreeing_rationales"] == ["Add them.", "Count."]
+
+
+def test_kill_9_then_rerun_answers_every_item_once(tmp_path):
+    n, concurrency = 40, 4
+    with FakeOpenAI(delay=0.05) as server:
+        command = [sys.executable, "-m", "dsbs", "teach", "--task", "demo", "--limit", str(n), "--backend", "openai",
+                   "--base-url", server.url, "--model", "fake", "--concurrency", str(concurrency),
+                   "--output", str(tmp_path / "teach")]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 60
+        while sum(server.requests.values()) < n // 3 and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        seen_before_kill = sum(server.requests.values())
+        assert seen_before_kill < n, "the run finished before it could be killed"
+        subprocess.run(command, check=True, capture_output=True)
+        total = sum(server.requests.values())
+        rows = read_jsonl(tmp_path / "teach" / "demo_train.jsonl")
+        assert len(rows) == n and all(r["teacher_label"] == "42" for r in rows)
+        assert total <= n + concurrency  # at most the requests in flight at the kill are asked again
+        assert max(server.requests.values()) <= 2
+        subprocess.run(command, check=True, capture_output=True)
+        assert sum(server.requests.values()) == total  # a finished run is all cache
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_builtin_prompts_parse_to_their_own_labels(name):
+    spec = load_prompt(name)
+    assert 6 <= len(spec.exemplars) <= 10
+    parse = {"cqa": "dsbs.tasks.cqa", "svamp": "dsbs.tasks.svamp", "esnli": "dsbs.tasks.esnli", "anli1": "dsbs.tasks.anli1"}[name]
+    module = __import__(parse, fromlist=["parse_completion"])
+    for text, answer in spec.exemplars:
+        rationale, label = module.parse_completion(answer)
+        assert rationale and label, answer
+    prompt = completion_prompt(spec, "NEW INPUT")
+    assert prompt.endswith(spec.query_template.format(input="NEW INPUT"))
+
+
+@needs_data
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_builtin_exemplars_come_from_the_training_pool(name):
+    task = get_task(TaskConfig(task=name, data_dir=DATA_DIR))
+    pool = {e.input: e.label for e in task.load(task.train_split)}
+    for text, answer in load_prompt(name).exemplars:
+        assert text in pool
+        assert task.labels_match(task.parse_completion(answer)[1], pool[text])
+
+
+@needs_data
+def test_benchmark_output_is_a_data_dir_the_loader_reads(tmp_path):
+    answer = lambda item, attempt: "Half of 84 is 42. The answer is (84 / 2).\n\nQ: invented next example"
+    with FakeOpenAI(answer=answer) as server:
+        teach(TaskConfig(task="svamp", data_dir=DATA_DIR), config(server, tmp_path, limit=5))
+    out = tmp_path / "teach"
+    examples = get_task(TaskConfig(task="svamp", data_dir=str(out))).load("train")
+    assert len(examples) == 5 and examples[0].teacher_label == "(84 / 2)" and examples[0].rationale == "Half of 84 is 42."
+    assert len(get_task(TaskConfig(task="svamp", data_dir=str(out))).load("test")) == 200  # other splits come along

@@ -1,0 +1,57 @@
+"""`dsbs teach` through the openai backend against a real llama.cpp server serving SmolLM2 on loopback."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from dsbs.tasks import TaskConfig, get_task
+from dsbs.teach import TeachConfig, teach
+from tests.conftest import DATA_DIR, needs_data
+
+pytestmark = [pytest.mark.slow, needs_data]
+
+
+@pytest.fixture(scope="module")
+def llama_server():
+    pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]: pip install -e '.[llama]'")
+    from dsbs.teach import _gguf_path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", _gguf_path("smollm2-135m"),
+                                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--model_alias", "smollm2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/models", timeout=2) as response:
+                json.loads(response.read())
+            break
+        except OSError:
+            assert process.poll() is None, "llama.cpp server exited"
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("llama.cpp server did not start in 120 s")
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.mark.parametrize("name", ["cqa", "svamp"])
+def test_teach_through_a_real_openai_compatible_server(llama_server, name, tmp_path):
+    config = TeachConfig(backend="openai", base_url=llama_server, model="smollm2", limit=3, concurrency=2,
+                         max_tokens=96, output=str(tmp_path))
+    summary = teach(TaskConfig(task=name, data_dir=DATA_DIR), config)
+    assert summary["items"] == 3 and summary["failed_items"] == 0 and summary["completion_tokens"] > 0
+    examples = get_task(TaskConfig(task=name, data_dir=str(tmp_path))).load("train")
+    assert len(examples) == 3 and all(e.completion for e in examples)
+    again = teach(TaskConfig(task=name, data_dir=DATA_DIR), config)
+    assert again["requests_made"] == 0

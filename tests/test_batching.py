@@ -1,12 +1,9 @@
 """Each method's items, the loss masks of both model families, and the two-task loss."""
 
-import pytest
-import torch
-import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from dsbs.batching import (
-    IGNORE_INDEX, LABEL_TASK, RATIONALE_TASK, collate, encode_item, items_for, parse_single_task_output, task_losses,
+    IGNORE_INDEX, LABEL_TASK, RATIONALE_TASK, collate, encode_item, items_for, parse_single_task_output,
 )
 from dsbs.tasks.common import Example
 
@@ -61,13 +58,3 @@ def test_collate_pads_with_ignored_labels():
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert batch["task"].tolist() == [0, 1]
-
-
-def test_task_losses_match_separate_means():
-    torch.manual_seed(0)
-    logits, labels = torch.randn(7, 11), torch.randint(0, 11, (7,))
-    task = torch.tensor([0, 0, 1, 1, 1, 0, 1])
-    label_loss, rationale_loss = task_losses(logits, labels, task)
-    assert label_loss.item() == pytest.approx(F.cross_entropy(logits[task == 0], labels[task == 0]).item(), rel=1e-6)
-    assert rationale_loss.item() == pytest.approx(F.cross_entropy(logits[task == 1], labels[task == 1]).item(), rel=1e-6)
-    assert task_losses(logits, labels, torch.zeros(7, dtype=torch.long))[1].item() == 0.0

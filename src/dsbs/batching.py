@@ -99,20 +99,3 @@ def collate(features: list[dict], pad_id: int, seq2seq: bool) -> dict:
         "labels": labels,
         "task": torch.tensor([f["task"] for f in features]),
     }
-
-
-def task_losses(logits, labels, task):
-    """(label loss, rationale loss) from flat target-position logits [N, V], labels [N], task ids [N].
-
-    Each loss is the mean over its own task's tokens, as two separate forward passes would give;
-    a task with no tokens in the batch contributes 0.
-    """
-    import torch.nn.functional as F
-
-    per_token = F.cross_entropy(logits.float(), labels, reduction="none")
-    losses = []
-    for task_id in (LABEL_TASK, RATIONALE_TASK):
-        mask = task == task_id
-        n = mask.sum()
-        losses.append((per_token * mask).sum() / n if n > 0 else per_token.new_zeros(()))
-    return tuple(losses)

@@ -7,6 +7,7 @@ until a command runs, so `dsbs --help` answers at once.
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import types
 import typing
@@ -71,7 +72,9 @@ def cmd_train(args) -> None:
     from dsbs.tasks import TaskConfig
     from dsbs.train import TrainConfig, train
 
-    _print_json(train(from_args(TaskConfig, args), from_args(TrainConfig, args)))
+    summary = train(from_args(TaskConfig, args), from_args(TrainConfig, args))
+    if os.environ.get("RANK", "0") == "0":  # under a distributed launcher, one summary is enough
+        _print_json(summary)
 
 
 def cmd_evaluate(args) -> None:

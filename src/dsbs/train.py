@@ -131,8 +131,9 @@ def save_model(model, tokenizer, meta: dict, target: Path, training_state: dict 
     replace_dir(staging, target)
 
 
-def target_loss(model, batch: dict, seq2seq: bool):
-    """Mean cross-entropy over the batch's target tokens, as transformers' built-in loss gives.
+def target_loss_sum(model, batch: dict, seq2seq: bool):
+    """Summed cross-entropy over the batch's target tokens (divide by their count for the mean
+    transformers' built-in loss gives).
 
     A decoder-only student's prompt tokens carry no loss, so its output head (49k x 576 for
     SmolLM2, a fifth of the compute) runs only on the target positions.
@@ -151,9 +152,13 @@ def target_loss(model, batch: dict, seq2seq: bool):
         else:
             hidden = model.base_model(**inputs).last_hidden_state[:, :-1]
             mask = labels != IGNORE_INDEX
-            return F.cross_entropy(model.get_output_embeddings()(hidden[mask]).float(), labels[mask])
+            return F.cross_entropy(model.get_output_embeddings()(hidden[mask]).float(), labels[mask], reduction="sum")
     mask = labels != IGNORE_INDEX
-    return F.cross_entropy(logits[mask].float(), labels[mask])
+    return F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
+
+
+def target_tokens(feature: dict) -> int:
+    return sum(1 for t in feature["labels"] if t != IGNORE_INDEX)
 
 
 def validation_accuracy(model, tokenizer, meta, task, rows, batch_size) -> float:
@@ -171,6 +176,12 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
 
     from dsbs.models import is_seq2seq, load_student
 
+    from accelerate import Accelerator
+
+    # Under `accelerate launch` (or torchrun) each process trains on its share of every batch;
+    # alone, this is a plain single-process run.
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
     output = Path(config.output)
     checkpoint = latest_checkpoint(output) if config.resume else None
     if (output / "summary.json").is_file() and config.resume:
@@ -180,8 +191,9 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
     if has_run and not config.resume:
         raise DataError(f"{output} already holds a run: pass --resume to continue it, or choose another --output")
 
+    accelerator.wait_for_everyone()  # every process has looked before the main one writes
     stranded = output / ".old-model"  # a kill inside replace_dir leaves the previous best here
-    if stranded.is_dir() and not (output / "model").exists():
+    if main and stranded.is_dir() and not (output / "model").exists():
         os.replace(stranded, output / "model")
 
     # Data: the pool, a fixed validation split for model selection, then the seeded fraction.
@@ -198,16 +210,16 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
         raise DataError(f"no training examples for method {config.method!r}: it needs "
                         + ("teacher labels" if config.method == "distill" else "labels and, for dsbs/single_task, rationales"))
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = accelerator.device.type
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
     model, tokenizer = load_student(str(checkpoint) if checkpoint else config.student)
-    model.to(device)
+    model.to(accelerator.device)
     seq2seq = is_seq2seq(model.config)
     features = [[encode_item(tokenizer, item, seq2seq, config.max_input_tokens, config.max_target_tokens) for item in g]
                 for g in groups]
 
-    examples_per_step = config.batch_size * config.grad_accum
+    examples_per_step = config.batch_size * config.grad_accum * world
     max_steps = math.ceil(config.epochs * len(groups) / examples_per_step) if config.epochs else config.max_steps
     save_interval = config.save_interval or config.eval_interval or max(1, max_steps // 10)
     meta = {
@@ -217,11 +229,12 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
     }
     resolved = {
         "task": asdict(task_config), "train": asdict(config), "max_steps": max_steps, "precision": precision,
-        "device": device, "train_examples": len(groups), "skipped_examples": skipped,
+        "device": device, "processes": world, "train_examples": len(groups), "skipped_examples": skipped,
         "validation_examples": len(val_rows), "pool_examples": len(pool), "student_is_seq2seq": seq2seq,
     }
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "train_config.json").write_text(json.dumps(resolved, indent=2))
+    if main:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "train_config.json").write_text(json.dumps(resolved, indent=2))
 
     # fused AdamW: one kernel over all parameters, 6x faster than the per-tensor loop on our CPU
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
@@ -242,14 +255,17 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
         if state["max_steps"] != max_steps:
             print(f"warning: checkpoint was made for {state['max_steps']} steps, this run has {max_steps}")
     log_path = output / "log.jsonl"
-    if log_path.exists():  # drop lines logged after the checkpoint we resume from
+    if main and log_path.exists():  # drop lines logged after the checkpoint we resume from
         kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         log_path.write_text("".join(line + "\n" for line in kept))
-    print(f"training {config.method} on {task.name}: {len(groups)} examples ({skipped} skipped), "
+    accelerator.print(f"training {config.method} on {task.name}: {len(groups)} examples ({skipped} skipped), "
           f"{len(val_rows)} validation, {max_steps} steps, {precision} on {device}"
+          + (f" x {world} processes" if world > 1 else "")
           + (f", resumed at step {step}" if checkpoint else ""))
 
     def save_checkpoint() -> None:
+        if not main:
+            return
         target = output / "checkpoints" / f"step-{step:06d}"
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "torch_rng": torch.get_rng_state(), "step": step, "best": best, "max_steps": max_steps}
@@ -259,7 +275,7 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
                 shutil.rmtree(old)
 
     def evaluate_and_keep_best() -> None:
-        if not val_rows:
+        if not val_rows or not main:
             return
         accuracy = validation_accuracy(model, tokenizer, meta, task, val_rows, config.eval_batch_size)
         model.train()
@@ -279,52 +295,76 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
         task_weights.append((RATIONALE_TASK, 1 - config.alpha, "rationale_loss"))
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16")
     model.train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
     sums = {"loss": 0.0, "label_loss": 0.0, "rationale_loss": 0.0, "tokens": 0, "seconds": 0.0}
     started = time.perf_counter()
-    bar = tqdm(total=max_steps, initial=step, desc="train", unit="step")
+    bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", disable=not main)
     while step < max_steps:
         step_start = time.perf_counter()
-        for micro in range(config.grad_accum):
-            rows = batch_indices(len(features), config.batch_size, config.seed, step * config.grad_accum + micro)
-            items = [f for i in rows for f in features[i]]
+        micro_batches = [batch_indices(len(features), config.batch_size * world, config.seed, step * config.grad_accum + m)
+                         for m in range(config.grad_accum)]
+        # Each task's loss is its mean over all target tokens of the step, across micro-batches and
+        # processes; every process knows the whole step's batches, so it divides by that count.
+        global_tokens = {task_id: sum(target_tokens(f) for rows in micro_batches for i in rows for f in features[i]
+                                      if f["task"] == task_id) for task_id, _, _ in task_weights}
+        loss_sums = torch.zeros(3)  # label, rationale, input tokens: this process's share
+        for rows in micro_batches:
+            items = [f for i in rows[rank::world] for f in features[i]]
             # One forward pass per task, each padded to its own longest item: short labels are not
             # padded to rationale length (40% more tokens/s on SVAMP than one mixed pass).
             for task_id, weight, name in task_weights:
                 part = [f for f in items if f["task"] == task_id]
                 if not part:
                     continue
-                batch = {k: v.to(device) for k, v in collate(part, tokenizer.pad_token_id, seq2seq).items()}
+                batch = {k: v.to(accelerator.device) for k, v in collate(part, tokenizer.pad_token_id, seq2seq).items()}
                 with autocast:
-                    loss = target_loss(model, batch, seq2seq)
-                (weight * loss / config.grad_accum).backward()
-                sums[name] += loss.item() / config.grad_accum
-                sums["loss"] += weight * loss.item() / config.grad_accum
-                sums["tokens"] += int(batch["attention_mask"].sum()) + (int((batch["labels"] != IGNORE_INDEX).sum()) if seq2seq else 0)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    loss_sum = target_loss_sum(model, batch, seq2seq)
+                (weight * loss_sum / global_tokens[task_id]).backward()
+                loss_sums[task_id] += loss_sum.item() / global_tokens[task_id]
+                loss_sums[2] += int(batch["attention_mask"].sum()) + (sum(map(target_tokens, part)) if seq2seq else 0)
+        if world > 1:  # data parallelism: sum the processes' gradients (and losses) once per step
+            for p in parameters:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            flat = accelerator.reduce(torch.cat([p.grad.reshape(-1) for p in parameters]), reduction="sum")
+            offset = 0
+            for p in parameters:
+                p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
+                offset += p.numel()
+            loss_sums = accelerator.reduce(loss_sums.to(accelerator.device), reduction="sum").cpu()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        sums["label_loss"] += loss_sums[LABEL_TASK].item()
+        sums["rationale_loss"] += loss_sums[RATIONALE_TASK].item()
+        sums["loss"] += sum(weight * loss_sums[task_id].item() for task_id, weight, _ in task_weights)
+        sums["tokens"] += loss_sums[2].item()
         sums["seconds"] += time.perf_counter() - step_start
         bar.update(1)
-        if step % config.log_interval == 0 or step == max_steps:
+        if main and (step % config.log_interval == 0 or step == max_steps):
             n = config.log_interval if step % config.log_interval == 0 else step % config.log_interval
             log({"step": step, "loss": sums["loss"] / n, "label_loss": sums["label_loss"] / n,
                  "rationale_loss": sums["rationale_loss"] / n, "lr": lr,
                  "tokens": int(sums["tokens"]), "tokens_per_s": sums["tokens"] / sums["seconds"]})
+        if step % config.log_interval == 0 or step == max_steps:
             sums = dict.fromkeys(sums, 0.0)
         if (config.eval_interval and step % config.eval_interval == 0) or step == max_steps:
             evaluate_and_keep_best()
         if step % save_interval == 0 or step == max_steps:
             save_checkpoint()
+            accelerator.wait_for_everyone()
     bar.close()
+    summary = {"steps": step, "max_steps": max_steps, "best_validation_accuracy": best["accuracy"],
+               "best_step": best["step"], "train_examples": len(groups), "validation_examples": len(val_rows),
+               "processes": world, "seconds_this_session": round(time.perf_counter() - started, 1)}
+    if not main:
+        return summary
     if best["accuracy"] is None:  # no validation rows: the last weights are the model
         save_model(model, tokenizer, {**meta, "step": step}, output / "model")
     if not config.keep_checkpoints:
         shutil.rmtree(output / "checkpoints", ignore_errors=True)
-    summary = {"steps": step, "max_steps": max_steps, "best_validation_accuracy": best["accuracy"],
-               "best_step": best["step"], "train_examples": len(groups), "validation_examples": len(val_rows),
-               "seconds_this_session": round(time.perf_counter() - started, 1)}
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -77,6 +77,29 @@ def cmd_train(args) -> None:
         _print_json(summary)
 
 
+def cmd_experiment(args) -> None:
+    from dsbs.experiment import load_recipe, run_experiment
+
+    run_experiment(load_recipe(args.recipe, output=args.output))
+    if args.report:
+        cmd_report(argparse.Namespace(results=load_recipe(args.recipe, output=args.output).output, output=None))
+
+
+def cmd_report(args) -> None:
+    from dsbs.report import report
+
+    result = report(args.results, output=args.output)
+    print(result.pop("markdown"))
+    _print_json(result)
+
+
+def cmd_serve(args) -> None:
+    from dsbs.serve import serve
+
+    serve(args.model, host=args.host, port=args.port, max_batch=args.max_batch, max_inputs=args.max_inputs,
+          max_input_chars=args.max_input_chars)
+
+
 def cmd_evaluate(args) -> None:
     from dsbs.evaluate import evaluate
     from dsbs.tasks import TaskConfig
@@ -142,6 +165,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=None, help="write predictions.jsonl and metrics.json here")
     p.add_argument("--with-rationale", action="store_true", help="also generate rationales, for inspection")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("experiment", help="run a recipe's grid of trainings and test evaluations")
+    p.add_argument("recipe", help="a recipe YAML file (see recipes/)")
+    p.add_argument("--output", default=None, help="override the recipe's output directory")
+    p.add_argument("--report", action="store_true", help="write the report when the grid is done")
+    p.set_defaults(func=cmd_experiment)
+
+    p = sub.add_parser("report", help="markdown table and plots from an experiment's results")
+    p.add_argument("results", help="results.jsonl or the experiment's output directory")
+    p.add_argument("--output", default=None, help="where to write report.md and the PNGs (default: beside the results)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("serve", help="HTTP service: POST /predict and OpenAI-compatible /v1/chat/completions")
+    p.add_argument("--model", required=True, help="a student directory (a run's model/)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=32, help="inputs generated together (concurrent requests are batched)")
+    p.add_argument("--max-inputs", type=int, default=64, help="inputs per request")
+    p.add_argument("--max-input-chars", type=int, default=4000, help="characters per input")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("predict", help="label every line of a JSONL file")
     p.add_argument("--model", required=True)

@@ -116,14 +116,41 @@ def latest_checkpoint(output: Path) -> Path | None:
     return checkpoints[-1].parent if checkpoints else None
 
 
+def model_card(meta: dict) -> str:
+    """README.md for a saved student: what it is, how it was trained, how to load it."""
+    loader = "AutoModelForSeq2SeqLM" if meta.get("seq2seq") else "AutoModelForCausalLM"
+    prompt = '"[label] " + text' + ("" if meta.get("seq2seq") else ' + "\\n"')
+    accuracy = meta.get("validation_accuracy")
+    lines = [
+        f"# dsbs student: {meta['task']} ({meta['method']})", "",
+        f"Trained with dsbs (distilling step-by-step), method *{meta['method']}*, from `{meta['student']}`.", "",
+        "| | |", "|---|---|",
+        f"| base model | `{meta['student']}` |", f"| task | {meta['task']} |", f"| method | {meta['method']} |",
+        f"| alpha (label vs rationale loss) | {meta['alpha'] if meta['method'] == 'dsbs' else 'n/a'} |",
+        f"| labels | {'teacher' if meta['method'] == 'distill' else meta['label_source']} |",
+        f"| rationales | {meta.get('rationales', 'n/a')} |",
+        f"| training examples | {meta.get('train_examples')} |", f"| optimizer steps | {meta.get('step')} |",
+        f"| validation accuracy | {'n/a' if accuracy is None else f'{accuracy:.4f}'} |", "",
+        "## Load with plain transformers", "", "```python",
+        f"from transformers import {loader}, AutoTokenizer",
+        f'model = {loader}.from_pretrained("path/to/this/dir")',
+        'tokenizer = AutoTokenizer.from_pretrained("path/to/this/dir")',
+        f"inputs = tokenizer({prompt}, return_tensors='pt')",
+        f"label = tokenizer.decode(model.generate(**inputs, max_new_tokens={meta['label_max_tokens']})[0], skip_special_tokens=True)",
+        "```", "", "Or `dsbs predict --model DIR --input in.jsonl --output out.jsonl`, or `dsbs serve --model DIR`.", "",
+    ]
+    return "\n".join(lines)
+
+
 def save_model(model, tokenizer, meta: dict, target: Path, training_state: dict | None = None) -> None:
-    """Weights, tokenizer, dsbs.json (and a checkpoint's optimizer state), all in place at once."""
+    """Weights, tokenizer, dsbs.json, model card (and a checkpoint's optimizer state), all in place at once."""
     staging = target.with_name(f".tmp-{target.name}")
     if staging.exists():
         shutil.rmtree(staging)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     (staging / "dsbs.json").write_text(json.dumps(meta, indent=2))
+    (staging / "README.md").write_text(model_card(meta))
     if training_state is not None:
         import torch
 
@@ -226,6 +253,8 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
         "method": config.method, "task": task.name, "student": config.student, "alpha": config.alpha,
         "label_source": config.label_source, "label_max_tokens": task.label_max_tokens,
         "max_input_tokens": config.max_input_tokens, "max_target_tokens": config.max_target_tokens,
+        "seq2seq": seq2seq, "train_examples": len(groups),
+        "rationales": "the teacher's, from the task data" if config.method in ("dsbs", "single_task") else "not used",
     }
     resolved = {
         "task": asdict(task_config), "train": asdict(config), "max_steps": max_steps, "precision": precision,

@@ -1,0 +1,94 @@
+"""The HTTP service on loopback: /predict, /health, OpenAPI, limits, and the openai client as caller."""
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+
+from dsbs.tasks import TaskConfig
+from dsbs.train import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def service(tiny_causal, tmp_path_factory):
+    import uvicorn
+
+    from dsbs.serve import create_app
+
+    output = tmp_path_factory.mktemp("served")
+    train(TaskConfig(task="demo"), TrainConfig(student=tiny_causal, output=str(output), max_steps=2, batch_size=2,
+                                               eval_limit=2, precision="fp32", max_input_tokens=64, max_target_tokens=16))
+    app = create_app(str(output / "model"), max_inputs=8, max_input_chars=200)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def post(url: str, body, raw: bytes | None = None) -> tuple[int, dict]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_predict_health_and_schema(service):
+    status, body = post(service + "/predict", {"inputs": ["Ava has 3 apples and gets 2 more. How many?", "2 boxes of 4?"]})
+    assert status == 200 and len(body["predictions"]) == 2 and all(isinstance(p["label"], str) for p in body["predictions"])
+    assert "rationale" not in body["predictions"][0] or body["predictions"][0]["rationale"] is None
+    status, body = post(service + "/predict", {"inputs": ["2 boxes of 4?"], "rationale": True})
+    assert status == 200 and isinstance(body["predictions"][0]["rationale"], str)
+    health = json.loads(urllib.request.urlopen(service + "/health").read())
+    assert health["status"] == "ok" and health["method"] == "dsbs"
+    schema = json.loads(urllib.request.urlopen(service + "/openapi.json").read())
+    assert {"/predict", "/health", "/v1/chat/completions", "/v1/models"} <= set(schema["paths"])
+
+
+@pytest.mark.parametrize("body, raw", [
+    ({"inputs": []}, None), ({"inputs": ["x" * 201]}, None), ({"inputs": ["ok"] * 9}, None), ({"inputs": "text"}, None),
+    ({"inputs": [5]}, None), ({}, None), (None, b"{not json"), ({"inputs": ["   "]}, None), (None, b"\xff\xfe"),
+])
+def test_invalid_bodies_get_4xx_with_a_message(service, body, raw):
+    status, payload = post(service + "/predict", body, raw)
+    assert 400 <= status < 500 and payload["detail"]
+
+
+def test_oversized_body_is_413(service):
+    status, payload = post(service + "/predict", None, raw=b'{"inputs": ["' + b"a" * 1_100_000 + b'"]}')
+    assert status == 413 and "larger than" in payload["detail"]
+
+
+def test_concurrent_requests_all_answered(service):
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: post(service + "/predict", {"inputs": [f"{i} boxes of 3?"]}), range(16)))
+    assert all(status == 200 and len(body["predictions"]) == 1 for status, body in results)
+
+
+def test_openai_client_talks_to_the_student(service):
+    client = openai.OpenAI(base_url=service + "/v1", api_key="none", max_retries=0)
+    [model] = client.models.list().data
+    reply = client.chat.completions.create(model=model.id, messages=[{"role": "user", "content": "2 boxes of 4?"}])
+    assert isinstance(reply.choices[0].message.content, str) and reply.usage.prompt_tokens > 0
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.chat.completions.create(model=model.id, messages=[{"role": "system", "content": "no user turn"}])

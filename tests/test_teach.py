@@ -140,3 +140,11 @@ def test_benchmark_output_is_a_data_dir_the_loader_reads(tmp_path):
     examples = get_task(TaskConfig(task="svamp", data_dir=str(out))).load("train")
     assert len(examples) == 5 and examples[0].teacher_label == "(84 / 2)" and examples[0].rationale == "Half of 84 is 42."
     assert len(get_task(TaskConfig(task="svamp", data_dir=str(out))).load("test")) == 200  # other splits come along
+
+
+def test_local_transformers_backend_records_unparsable_answers(tiny_causal, tmp_path):
+    summary = teach(DEMO, TeachConfig(backend="local", model=tiny_causal, limit=2, max_tokens=8, output=str(tmp_path)))
+    details = read_jsonl(tmp_path / "demo_train_teacher.jsonl")
+    assert summary["items"] == 2 and summary["failed_items"] == 0
+    assert all(len(d["completions"]) == 1 and d["completion_tokens"] > 0 for d in details)
+    assert summary["parse_failures"] == sum(d["label"] is None for d in details)

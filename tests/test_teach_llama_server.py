@@ -55,3 +55,11 @@ def test_teach_through_a_real_openai_compatible_server(llama_server, name, tmp_p
     assert len(examples) == 3 and all(e.completion for e in examples)
     again = teach(TaskConfig(task=name, data_dir=DATA_DIR), config)
     assert again["requests_made"] == 0
+
+
+def test_local_backend_runs_the_bundled_gguf_in_process(tmp_path):
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python: pip install -e '.[llama]'")
+    summary = teach(TaskConfig(task="svamp", data_dir=DATA_DIR),
+                    TeachConfig(backend="local", model="smollm2-135m", limit=2, max_tokens=64, output=str(tmp_path)))
+    assert summary["items"] == 2 and summary["failed_items"] == 0 and summary["completion_tokens"] > 0
+    assert len(get_task(TaskConfig(task="svamp", data_dir=str(tmp_path))).load("train")) == 2

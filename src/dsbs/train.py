@@ -67,8 +67,8 @@ class TrainConfig:
 def resolve_precision(precision: str, device: str) -> str:
     """auto: bf16 on a GPU that supports it and on CPUs with AMX tiles; fp32 elsewhere.
 
-    On our 2-core AVX512-BF16 CPU (no AMX) a bf16 matmul measured 153 GFLOP/s against 285 for
-    fp32, so bf16 is opt-in there.
+    On our 2-core AVX512-BF16 CPU (no AMX) a bf16 matmul runs at 153-183 GFLOP/s against 285-311
+    for fp32 and bf16 training was 40% slower (BENCHMARKS.md), so bf16 is opt-in there.
     """
     if precision != "auto":
         return precision

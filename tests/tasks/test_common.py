@@ -96,3 +96,19 @@ def test_released_data_loads_with_palm_accuracy(name, split, rows, accuracy):
     assert report["parse_failures"] < 0.02 * rows
     if accuracy is not None:
         assert report["teacher_accuracy"] == accuracy
+
+
+@pytest.mark.parametrize("content, message", [
+    ('["ok", "cut', r"train_CoT_0.json:1: invalid JSON"),
+    ('{"not": "a list"}', "expected a JSON list of completion strings"),
+    ('["fine", 7]', "expected a JSON list of completion strings"),
+    (b'["caf\xe9"]', "not valid UTF-8"),
+])
+def test_malformed_teacher_outputs_are_named(tmp_path, content, message):
+    root = tmp_path / "svamp"
+    (root / "llm").mkdir(parents=True)
+    (root / "svamp_train.json").write_text('{"input": "q", "label": "( 1 + 2 )"}\n')
+    target = root / "llm" / "train_CoT_0.json"
+    target.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DataError, match=message):
+        load_paper_split(tmp_path, "svamp", "train", svamp.parse_row, svamp.parse_completion)

@@ -10,9 +10,6 @@ plain HTTP requests and (b) through `dsbs teach` with an empty cache, and finall
 
 import argparse
 import json
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -20,25 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from dsbs.prompts import completion_prompt, load_prompt
 from dsbs.tasks import TaskConfig, get_task
-from dsbs.teach import TeachConfig, _gguf_path, teach
-
-
-def start_server() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", _gguf_path("smollm2-135m"),
-                                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--model_alias", "smollm2"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(url + "/models", timeout=2).read()
-            return process, url
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise SystemExit("llama.cpp server did not start")
+from dsbs.teach import TeachConfig, start_llama_server, teach
 
 
 def bare_loop(url: str, prompts: list[str], max_tokens: int, stop: list[str], concurrency: int) -> float:
@@ -65,7 +44,7 @@ def main() -> None:
     rows = get_task(task_config).load("test")[: args.items]
     spec = load_prompt(args.task)
     prompts = [completion_prompt(spec, row.input) for row in rows]
-    process, url = start_server()
+    process, url = start_llama_server()
     try:
         bare_loop(url, prompts[:2], args.max_tokens, list(spec.stop), 1)  # warm-up
         print(f"{'in flight':>9} {'bare items/s':>13} {'dsbs items/s':>13} {'dsbs/bare':>10}")

@@ -1,12 +1,5 @@
 """`dsbs teach` through the openai backend against a real llama.cpp server serving SmolLM2 on loopback."""
 
-import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pytest
 
 from dsbs.tasks import TaskConfig, get_task
@@ -19,27 +12,9 @@ pytestmark = [pytest.mark.slow, needs_data]
 @pytest.fixture(scope="module")
 def llama_server():
     pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]: pip install -e '.[llama]'")
-    from dsbs.teach import _gguf_path
+    from dsbs.teach import start_llama_server
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", _gguf_path("smollm2-135m"),
-                                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--model_alias", "smollm2"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/models", timeout=2) as response:
-                json.loads(response.read())
-            break
-        except OSError:
-            assert process.poll() is None, "llama.cpp server exited"
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("llama.cpp server did not start in 120 s")
+    process, url = start_llama_server()
     yield url
     process.terminate()
     process.wait(timeout=30)

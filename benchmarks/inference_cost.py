@@ -33,7 +33,7 @@ def main() -> None:
     from dsbs.tasks import TaskConfig, get_task
 
     meta = read_meta(args.model)
-    model, tokenizer = load_student(args.model)
+    model, tokenizer = load_student(args.model, for_inference=True)
     n_params = sum(p.numel() for p in model.parameters())
     inputs = [e.input for e in get_task(TaskConfig(task=args.task)).load("test")[: args.items]]
     limits = {"max_input_tokens": meta["max_input_tokens"]}

@@ -18,7 +18,7 @@ def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, 
     task = get_task(task_config)
     split = split or task.test_split
     rows = task.load(split)[:limit] if limit else task.load(split)
-    model, tokenizer = load_student(model_dir)
+    model, tokenizer = load_student(model_dir, for_inference=True)
     started = time.perf_counter()
     predictions = predict(model, tokenizer, meta, [e.input for e in rows], with_rationale=with_rationale,
                           batch_size=batch_size, progress=True)

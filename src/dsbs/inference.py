@@ -29,7 +29,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, max_i
     bar = tqdm(total=len(prompts), desc="generate", unit="input", disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
-        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt")
+        batch = tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, return_tensors="pt").to(model.device)
         with torch.inference_mode():
             out = model.generate(
                 **batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,

@@ -56,8 +56,11 @@ def is_seq2seq(config) -> bool:
     return bool(getattr(config, "is_encoder_decoder", False))
 
 
-def load_student(name: str):
-    """(model, tokenizer) for a local directory, a hub name or the built-in default."""
+def load_student(name: str, for_inference: bool = False):
+    """(model, tokenizer) for a local directory, a hub name or the built-in default.
+
+    ``for_inference`` puts the model in eval mode on the GPU when there is one.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     path = resolve_student(name)
@@ -66,6 +69,10 @@ def load_student(name: str):
     model = model_class.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     prepare_tokenizer(tokenizer, model)
+    if for_inference:
+        import torch
+
+        model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
     return model, tokenizer
 
 

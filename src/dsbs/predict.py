@@ -40,7 +40,7 @@ def predict_file(model_dir: str, input: str, output: str, input_field: str = "in
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     meta = read_meta(model_dir)
-    model, tokenizer = load_student(model_dir)
+    model, tokenizer = load_student(model_dir, for_inference=True)
     bad: list[str] = []
     lines = _inputs(path, input_field, skip_bad_lines, bad)
     written = 0

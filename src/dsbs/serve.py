@@ -81,7 +81,7 @@ def create_app(model_dir: str, max_batch: int = 32, max_inputs: int = 64, max_in
     from dsbs.models import load_student
 
     meta = read_meta(model_dir)
-    model, tokenizer = load_student(model_dir)
+    model, tokenizer = load_student(model_dir, for_inference=True)
     name = Path(model_dir).resolve().parent.name if Path(model_dir).name == "model" else Path(model_dir).name
     lock = threading.Lock()
 

@@ -74,9 +74,19 @@ def test_invalid_bodies_get_4xx_with_a_message(service, body, raw):
     assert 400 <= status < 500 and payload["detail"]
 
 
-def test_oversized_body_is_413(service):
-    status, payload = post(service + "/predict", None, raw=b'{"inputs": ["' + b"a" * 1_100_000 + b'"]}')
-    assert status == 413 and "larger than" in payload["detail"]
+def test_oversized_body_is_413_before_it_is_read(service):
+    import http.client
+    from urllib.parse import urlparse
+
+    address = urlparse(service)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
+    connection.putrequest("POST", "/predict")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", "1100000")
+    connection.endheaders()  # the body is never sent: the limit answers from the header alone
+    response = connection.getresponse()
+    assert response.status == 413 and "larger than" in json.loads(response.read())["detail"]
+    connection.close()
 
 
 def test_concurrent_requests_all_answered(service):

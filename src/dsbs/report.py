@@ -63,6 +63,7 @@ def plot(groups: dict, out: Path) -> list[str]:
     files = []
     for task, student in sorted({(t, s) for t, s, _, _ in groups}):
         fig, ax = plt.subplots(figsize=(6, 4))
+        colors = {}
         for method in METHOD_ORDER:
             points = sorted((f, accs) for (t, s, m, f), accs in groups.items() if (t, s, m) == (task, student, method))
             if not points:
@@ -70,12 +71,14 @@ def plot(groups: dict, out: Path) -> list[str]:
             xs = [100 * f for f, _ in points]
             means = [statistics.fmean(a) for _, a in points]
             errs = [statistics.stdev(a) if len(a) > 1 else 0.0 for _, a in points]
-            ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=method)
+            line = ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=method)
+            colors[method] = line[0].get_color()
         teacher, paper = references(Path(task).stem)
         if teacher is not None:
             ax.axhline(teacher, color="gray", linestyle="--", label="teacher few-shot (PaLM 540B)")
             for method, value in paper.items():
-                ax.plot([100], [value], marker="*", markersize=12, linestyle="none", label=f"paper T5-Base {method}")
+                ax.plot([100], [value], marker="*", markersize=12, linestyle="none", color=colors.get(method),
+                        label=f"paper T5-Base {method}")
         ax.set_xlabel("training data used (%)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{task} — {Path(student).name}")

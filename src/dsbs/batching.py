@@ -69,13 +69,14 @@ def encode_item(tokenizer, item: Item, seq2seq: bool, max_input: int, max_target
     prompt_ids = encode_prompt(tokenizer, item.prompt, seq2seq, max_input)
     if seq2seq:
         labels = tokenizer(text_target=item.target, truncation=True, max_length=max_target)["input_ids"]
-        return {"input_ids": prompt_ids, "labels": labels, "task": item.task}
+        return {"input_ids": prompt_ids, "labels": labels, "task": item.task, "n_target": len(labels)}
     target_ids = tokenizer(item.target, add_special_tokens=False)["input_ids"][: max_target - 1]
     target_ids = target_ids + [tokenizer.eos_token_id]
     return {
         "input_ids": prompt_ids + target_ids,
         "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids,
         "task": item.task,
+        "n_target": len(target_ids),  # tokens carrying loss, counted once here rather than every step
     }
 
 

@@ -184,10 +184,6 @@ def target_loss_sum(model, batch: dict, seq2seq: bool):
     return F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
 
 
-def target_tokens(feature: dict) -> int:
-    return sum(1 for t in feature["labels"] if t != IGNORE_INDEX)
-
-
 def validation_accuracy(model, tokenizer, meta, task, rows, batch_size) -> float:
     from dsbs.inference import predict
 
@@ -334,7 +330,7 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
                          for m in range(config.grad_accum)]
         # Each task's loss is its mean over all target tokens of the step, across micro-batches and
         # processes; every process knows the whole step's batches, so it divides by that count.
-        global_tokens = {task_id: sum(target_tokens(f) for rows in micro_batches for i in rows for f in features[i]
+        global_tokens = {task_id: sum(f["n_target"] for rows in micro_batches for i in rows for f in features[i]
                                       if f["task"] == task_id) for task_id, _, _ in task_weights}
         loss_sums = torch.zeros(3)  # label, rationale, input tokens: this process's share
         for rows in micro_batches:
@@ -350,7 +346,7 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
                     loss_sum = target_loss_sum(model, batch, seq2seq)
                 (weight * loss_sum / global_tokens[task_id]).backward()
                 loss_sums[task_id] += loss_sum.item() / global_tokens[task_id]
-                loss_sums[2] += int(batch["attention_mask"].sum()) + (sum(map(target_tokens, part)) if seq2seq else 0)
+                loss_sums[2] += int(batch["attention_mask"].sum()) + (sum(f["n_target"] for f in part) if seq2seq else 0)
         if world > 1:  # data parallelism: sum the processes' gradients (and losses) once per step
             for p in parameters:
                 if p.grad is None:

@@ -1,7 +1,7 @@
 """Inference cost: a student answering label-only vs the same student writing its rationale first
 vs the local teacher answering with few-shot chain-of-thought (SmolLM2 GGUF through llama.cpp).
 
-    python benchmarks/inference_cost.py --model runs/.../model [--task svamp] [--items 32] [--batch 32]
+    python benchmarks/inference_cost.py --model runs/.../model [--items 32] [--batch 32]
 
 Needs DSBS_DATA_DIR; the teacher row needs llama-cpp-python. The last line is machine-readable.
 """
@@ -21,7 +21,7 @@ def timed(fn, *args, **kwargs):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a trained dsbs student (model/ of a dsbs run)")
-    parser.add_argument("--task", default="svamp")
+    parser.add_argument("--task", help="test inputs of this task (default: the task the student was trained on)")
     parser.add_argument("--items", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--teacher-items", type=int, default=8)
@@ -33,6 +33,7 @@ def main() -> None:
     from dsbs.tasks import TaskConfig, get_task
 
     meta = read_meta(args.model)
+    args.task = args.task or meta["task"]
     model, tokenizer = load_student(args.model, for_inference=True)
     n_params = sum(p.numel() for p in model.parameters())
     inputs = [e.input for e in get_task(TaskConfig(task=args.task)).load("test")[: args.items]]

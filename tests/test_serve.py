@@ -102,3 +102,25 @@ def test_openai_client_talks_to_the_student(service):
     assert isinstance(reply.choices[0].message.content, str) and reply.usage.prompt_tokens > 0
     with pytest.raises(openai.UnprocessableEntityError):
         client.chat.completions.create(model=model.id, messages=[{"role": "system", "content": "no user turn"}])
+
+
+def test_batcher_survives_a_request_cancelled_while_it_waits():
+    import threading
+
+    from dsbs.serve import Batcher
+
+    release = threading.Event()
+
+    def predict_fn(texts, rationale):
+        release.wait(timeout=10)  # the first batch holds the worker while later requests queue up
+        return [{"label": t.upper()} for t in texts]
+
+    batcher = Batcher(predict_fn, max_batch=1, wait_s=0)
+    first = batcher.submit(["a"], False)
+    time.sleep(0.2)
+    abandoned = batcher.submit(["b"], False)
+    assert abandoned.cancel()  # what asyncio does to the future when the client disconnects
+    release.set()
+    assert first.result(timeout=10) == [{"label": "A"}]
+    assert batcher.submit(["c"], False).result(timeout=10) == [{"label": "C"}]
+    batcher.close()

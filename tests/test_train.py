@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from dsbs.batching import METHODS
 from dsbs.tasks import TaskConfig
 from dsbs.tasks.common import DataError
-from dsbs.train import TrainConfig, batch_indices, train
+from dsbs.train import TrainConfig, batch_indices, select_rows, train
 
 DEMO = TaskConfig(task="demo")
 
@@ -63,11 +63,40 @@ def test_loss_falls_and_every_weight_changes(tiny_student, tmp_path):
     assert not unchanged
 
 
+def test_lora_trains_only_adapters_and_saves_a_merged_plain_model(tiny_student, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    before = weights(tiny_student)
+    train(DEMO, quick_config(tiny_student, tmp_path, max_steps=20, lr=1e-2, lora_rank=4, log_interval=5))
+    losses = [r for r in log_records(tmp_path) if "loss" in r]
+    assert losses[-1]["loss"] < losses[0]["loss"]
+    after = weights(tmp_path / "model")
+    assert set(after) == set(before), "merged: no adapter tensors, the base model's names"
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert changed and all("weight" in name and "norm" not in name and "embed" not in name for name in changed)
+    assert "LoRA adapters of rank 4" in (tmp_path / "model" / "README.md").read_text()
+    loader = AutoModelForSeq2SeqLM if "t5" in tiny_student else AutoModelForCausalLM
+    loader.from_pretrained(tmp_path / "model")
+
+
 def test_data_order_is_a_function_of_the_step():
     first_epoch = [i for k in range(5) for i in batch_indices(10, 2, seed=3, micro_step=k)]
     assert sorted(first_epoch) == list(range(10))
     assert batch_indices(10, 4, seed=3, micro_step=2) == batch_indices(10, 4, seed=3, micro_step=2)
     assert batch_indices(10, 4, seed=3, micro_step=3) != batch_indices(10, 4, seed=4, micro_step=3)
+
+
+def test_pool_cap_is_one_draw_shared_by_every_seed_and_fraction():
+    pool = list(range(1000))
+    _, validation = select_rows(pool, TrainConfig(val_fraction=0.1))
+    capped = set(select_rows(pool, TrainConfig(pool_size=200))[0])
+    assert len(capped) == 200 and not capped & set(validation)
+    for seed in (0, 1):
+        quarter = select_rows(pool, TrainConfig(pool_size=200, data_fraction=0.25, seed=seed))[0]
+        assert len(quarter) == 50 and set(quarter) <= capped
+    assert select_rows(pool, TrainConfig(pool_size=200, data_fraction=0.25, seed=0)) != \
+        select_rows(pool, TrainConfig(pool_size=200, data_fraction=0.25, seed=1))
+    assert len(select_rows(pool, TrainConfig(pool_size=5000))[0]) == 900  # a cap above the pool keeps it whole
 
 
 def test_existing_run_needs_resume(tiny_causal, tmp_path):
@@ -76,8 +105,9 @@ def test_existing_run_needs_resume(tiny_causal, tmp_path):
         train(DEMO, quick_config(tiny_causal, tmp_path, max_steps=2))
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_causal, tmp_path):
-    args = ["--task", "demo", "--student", tiny_causal, "--max-steps", "40", "--batch-size", "4", "--lr", "1e-3",
+@pytest.mark.parametrize("extra", [[], ["--lora-rank", "4"]], ids=["full", "lora"])
+def test_sigkill_then_resume_matches_an_uninterrupted_run(extra, tiny_causal, tmp_path):
+    args = [*extra, "--task", "demo", "--student", tiny_causal, "--max-steps", "40", "--batch-size", "4", "--lr", "1e-3",
             "--save-interval", "2", "--eval-interval", "10", "--eval-limit", "4", "--precision", "fp32",
             "--max-input-tokens", "64", "--max-target-tokens", "48", "--log-interval", "1"]
     reference = tmp_path / "reference"

@@ -48,6 +48,9 @@ class Batcher:
                     break
                 jobs.append(nxt)
                 size += len(nxt[0])
+            # A request whose client went away has a cancelled future: drop it. The others are
+            # marked running, which makes them uncancellable, so setting their result cannot fail.
+            jobs = [j for j in jobs if j[2].set_running_or_notify_cancel()]
             for rationale in (False, True):
                 group = [j for j in jobs if j[1] == rationale]
                 if not group:
@@ -76,6 +79,7 @@ def create_app(model_dir: str, max_batch: int = 32, max_inputs: int = 64, max_in
         raise ImportError("dsbs serve needs FastAPI and uvicorn: pip install 'dsbs[serve]'") from None
     import asyncio
     from contextlib import asynccontextmanager
+    from typing import Annotated
 
     from dsbs.inference import predict, read_meta
     from dsbs.models import load_student
@@ -97,7 +101,8 @@ def create_app(model_dir: str, max_batch: int = 32, max_inputs: int = 64, max_in
         batcher.close()  # graceful shutdown: finish the batch in hand, then stop
 
     class PredictRequest(BaseModel):
-        inputs: list[str] = Field(min_length=1, max_length=max_inputs, description="texts to label")
+        inputs: list[Annotated[str, Field(min_length=1, max_length=max_input_chars)]] = Field(
+            min_length=1, max_length=max_inputs, description="texts to label")
         rationale: bool = Field(default=False, description="also generate the rationale (slower)")
 
     class Prediction(BaseModel):
@@ -120,6 +125,7 @@ def create_app(model_dir: str, max_batch: int = 32, max_inputs: int = 64, max_in
 
     app = FastAPI(title="dsbs student", version="1", lifespan=lifespan,
                   description=f"{meta['method']} student for {meta['task']}: label-only answers, no rationale tokens")
+    app.state.batcher = batcher
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):

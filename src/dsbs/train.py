@@ -29,6 +29,7 @@ class TrainConfig:
     label_source: str = field(default="gold", metadata={"help": "labels for dsbs and single_task: gold (fine-tuning setting) or teacher (unlabeled setting)"})
     alpha: float = field(default=0.5, metadata={"help": "dsbs loss = alpha * label loss + (1 - alpha) * rationale loss"})
     data_fraction: float = field(default=1.0, metadata={"help": "fraction of the training pool to use, drawn with --seed"})
+    pool_size: int | None = field(default=None, metadata={"help": "cap the training pool (after the validation split) at N rows, one fixed draw for every seed, so that fractions are of a pool a CPU can afford"})
     train_split: str | None = field(default=None, metadata={"help": "split used as the training pool (default: the task's; e-SNLI/ANLI samples here use valid)"})
     val_fraction: float = field(default=0.1, metadata={"help": "fraction of the pool held out (fixed seed 0) for model selection"})
     seed: int = field(default=0, metadata={"help": "seed for subsampling, data order and initialisation of new weights"})
@@ -46,6 +47,8 @@ class TrainConfig:
     eval_batch_size: int = field(default=32, metadata={"help": "inputs per generation batch during validation"})
     save_interval: int | None = field(default=None, metadata={"help": "checkpoint every N steps (default: the eval interval, else every 10% of the run)"})
     log_interval: int = field(default=10, metadata={"help": "log losses, lr and tokens/s every N steps"})
+    lora_rank: int = field(default=0, metadata={"help": "0: train every weight; N: train rank-N LoRA adapters on every linear layer (the peft package) and save the merged model"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (the update is scaled by lora_alpha / lora_rank)"})
     precision: str = field(default="auto", metadata={"help": "fp32, bf16 (autocast, fp32 master weights) or auto (bf16 where the hardware supports it)"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --output"})
     keep_checkpoints: bool = field(default=True, metadata={"help": "keep the last checkpoint (weights + optimizer) after the run ends; model/ is always kept"})
@@ -59,9 +62,26 @@ class TrainConfig:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
+        if self.lora_rank < 0:
+            raise ValueError("lora_rank must be 0 (off) or a positive rank")
+        if self.pool_size is not None and self.pool_size < 1:
+            raise ValueError("pool_size must be at least 1")
         for name in ("max_steps", "batch_size", "grad_accum", "log_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+
+
+def select_rows(pool: list, config: TrainConfig) -> tuple[list, list]:
+    """(training rows, validation rows) of a run.
+
+    The validation split and the pool cap are fixed draws (seed 0), so every seed and fraction
+    is selected on the same rows and samples the same pool; only the fraction is drawn per seed.
+    """
+    train_rows, val_rows = split_validation(pool, config.val_fraction, seed=0)
+    if config.pool_size and config.pool_size < len(train_rows):
+        train_rows = subsample(train_rows, config.pool_size / len(train_rows), seed=0)
+    train_rows = subsample(train_rows, config.data_fraction, config.seed)
+    return train_rows, val_rows[: config.eval_limit] if config.eval_limit else val_rows
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -121,6 +141,7 @@ def model_card(meta: dict) -> str:
     loader = "AutoModelForSeq2SeqLM" if meta.get("seq2seq") else "AutoModelForCausalLM"
     prompt = '"[label] " + text' + ("" if meta.get("seq2seq") else ' + "\\n"')
     accuracy = meta.get("validation_accuracy")
+    trained = f"LoRA adapters of rank {meta['lora_rank']}, merged into the weights" if meta.get("lora_rank") else "all"
     lines = [
         f"# dsbs student: {meta['task']} ({meta['method']})", "",
         f"Trained with dsbs (distilling step-by-step), method *{meta['method']}*, from `{meta['student']}`.", "",
@@ -129,6 +150,7 @@ def model_card(meta: dict) -> str:
         f"| alpha (label vs rationale loss) | {meta['alpha'] if meta['method'] == 'dsbs' else 'n/a'} |",
         f"| labels | {'teacher' if meta['method'] == 'distill' else meta['label_source']} |",
         f"| rationales | {meta.get('rationales', 'n/a')} |",
+        f"| trained weights | {trained} |",
         f"| training examples | {meta.get('train_examples')} |", f"| optimizer steps | {meta.get('step')} |",
         f"| validation accuracy | {'n/a' if accuracy is None else f'{accuracy:.4f}'} |", "",
         "## Load with plain transformers", "", "```python",
@@ -142,12 +164,30 @@ def model_card(meta: dict) -> str:
     return "\n".join(lines)
 
 
-def save_model(model, tokenizer, meta: dict, target: Path, training_state: dict | None = None) -> None:
-    """Weights, tokenizer, dsbs.json, model card (and a checkpoint's optimizer state), all in place at once."""
+def add_lora(model, rank: int, alpha: float):
+    """``model`` with trainable LoRA adapters on every linear layer and every other weight frozen.
+
+    Returns the peft wrapper; its ``get_base_model()`` is the same transformers model with the
+    adapters inside, so forward passes, the loss and generation need no other change.
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ImportError("--lora-rank needs the peft package: pip install 'dsbs[lora]'") from None
+    return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear"))
+
+
+def save_model(model, tokenizer, meta: dict, target: Path, training_state: dict | None = None, lora=None) -> None:
+    """Weights, tokenizer, dsbs.json, model card (and a checkpoint's optimizer state), all in place at once.
+
+    A LoRA run saves the adapters merged into a copy of the model: a plain transformers model.
+    """
+    import copy
+
     staging = target.with_name(f".tmp-{target.name}")
     if staging.exists():
         shutil.rmtree(staging)
-    model.save_pretrained(staging)
+    (copy.deepcopy(lora).merge_and_unload() if lora is not None else model).save_pretrained(staging)
     tokenizer.save_pretrained(staging)
     (staging / "dsbs.json").write_text(json.dumps(meta, indent=2))
     (staging / "README.md").write_text(model_card(meta))
@@ -222,10 +262,7 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
     # Data: the pool, a fixed validation split for model selection, then the seeded fraction.
     task = get_task(task_config)
     pool = task.load(config.train_split or task.train_split)
-    train_rows, val_rows = split_validation(pool, config.val_fraction, seed=0)
-    train_rows = subsample(train_rows, config.data_fraction, config.seed)
-    if config.eval_limit:
-        val_rows = val_rows[: config.eval_limit]
+    train_rows, val_rows = select_rows(pool, config)
     groups = [items_for(e, config.method, config.label_source) for e in train_rows]
     skipped = sum(1 for g in groups if not g)
     groups = [g for g in groups if g]
@@ -236,7 +273,11 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
     device = accelerator.device.type
     precision = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
-    model, tokenizer = load_student(str(checkpoint) if checkpoint else config.student)
+    # A LoRA checkpoint holds merged weights; its adapters travel in training_state.pt instead.
+    model, tokenizer = load_student(str(checkpoint) if checkpoint and not config.lora_rank else config.student)
+    lora = add_lora(model, config.lora_rank, config.lora_alpha) if config.lora_rank else None
+    if lora is not None:
+        model = lora.get_base_model()
     model.to(accelerator.device)
     seq2seq = is_seq2seq(model.config)
     features = [[encode_item(tokenizer, item, seq2seq, config.max_input_tokens, config.max_target_tokens) for item in g]
@@ -249,7 +290,7 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
         "method": config.method, "task": task.name, "student": config.student, "alpha": config.alpha,
         "label_source": config.label_source, "label_max_tokens": task.label_max_tokens,
         "max_input_tokens": config.max_input_tokens, "max_target_tokens": config.max_target_tokens,
-        "seq2seq": seq2seq, "train_examples": len(groups),
+        "seq2seq": seq2seq, "train_examples": len(groups), "lora_rank": config.lora_rank,
         "rationales": "the teacher's, from the task data" if config.method in ("dsbs", "single_task") else "not used",
     }
     resolved = {
@@ -262,7 +303,8 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
         (output / "train_config.json").write_text(json.dumps(resolved, indent=2))
 
     # fused AdamW: one kernel over all parameters, 6x faster than the per-tensor loop on our CPU
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
     def lr_factor(step: int) -> float:
         if step < config.warmup_steps:
@@ -273,6 +315,10 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
     step, best = 0, {"accuracy": None, "step": None}
     if checkpoint:
         state = torch.load(checkpoint / "training_state.pt", weights_only=False)
+        if lora is not None:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(lora, state["adapters"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -294,7 +340,11 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
         target = output / "checkpoints" / f"step-{step:06d}"
         state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "torch_rng": torch.get_rng_state(), "step": step, "best": best, "max_steps": max_steps}
-        save_model(model, tokenizer, meta, target, training_state=state)
+        if lora is not None:
+            from peft import get_peft_model_state_dict
+
+            state["adapters"] = get_peft_model_state_dict(lora)
+        save_model(model, tokenizer, meta, target, training_state=state, lora=lora)
         for old in (output / "checkpoints").glob("step-*"):
             if old != target:
                 shutil.rmtree(old)
@@ -307,7 +357,7 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
         improved = best["accuracy"] is None or accuracy > best["accuracy"]
         if improved:
             best.update(accuracy=accuracy, step=step)
-            save_model(model, tokenizer, {**meta, "validation_accuracy": accuracy, "step": step}, output / "model")
+            save_model(model, tokenizer, {**meta, "validation_accuracy": accuracy, "step": step}, output / "model", lora=lora)
         log({"step": step, "val_accuracy": accuracy, "best": improved})
 
     def log(record: dict) -> None:
@@ -320,7 +370,6 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
         task_weights.append((RATIONALE_TASK, 1 - config.alpha, "rationale_loss"))
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16")
     model.train()
-    parameters = [p for p in model.parameters() if p.requires_grad]
     sums = {"loss": 0.0, "label_loss": 0.0, "rationale_loss": 0.0, "tokens": 0, "seconds": 0.0}
     started = time.perf_counter()
     bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", disable=not main)
@@ -388,7 +437,7 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
     if not main:
         return summary
     if best["accuracy"] is None:  # no validation rows: the last weights are the model
-        save_model(model, tokenizer, {**meta, "step": step}, output / "model")
+        save_model(model, tokenizer, {**meta, "step": step}, output / "model", lora=lora)
     if not config.keep_checkpoints:
         shutil.rmtree(output / "checkpoints", ignore_errors=True)
     (output / "summary.json").write_text(json.dumps(summary, indent=2))

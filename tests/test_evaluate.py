@@ -45,3 +45,17 @@ def test_predict_streams_jsonl_and_reports_bad_lines(trained, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["line"] for r in rows] == [1, 4] and all(isinstance(r["label"], str) for r in rows)
     assert "skipped" in ok.stdout and ":2:" in ok.stdout
+
+
+def test_predict_resume_answers_only_the_missing_lines(trained, tmp_path):
+    from dsbs.predict import predict_file
+
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"input": f"{i} boxes of 3?"}) + "\n" for i in range(5)))
+    out = tmp_path / "out.jsonl"
+    assert predict_file(trained, str(source), str(out))["predicted"] == 5
+    complete = out.read_text().splitlines()
+    out.write_text("\n".join(complete[:2]) + "\n" + complete[2][:15])  # killed while writing line 3
+    summary = predict_file(trained, str(source), str(out), resume=True)
+    assert summary["predicted"] == 3 and summary["already_done"] == 2
+    assert [json.loads(line)["line"] for line in out.read_text().splitlines()] == [1, 2, 3, 4, 5]

@@ -115,7 +115,7 @@ def cmd_predict(args) -> None:
 
     _print_json(predict_file(args.model, args.input, args.output, input_field=args.input_field,
                              batch_size=args.batch_size, with_rationale=args.with_rationale,
-                             skip_bad_lines=args.skip_bad_lines))
+                             skip_bad_lines=args.skip_bad_lines, resume=args.resume))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--with-rationale", action="store_true")
     p.add_argument("--skip-bad-lines", action="store_true", help="report and skip malformed lines instead of stopping")
+    p.add_argument("--resume", action="store_true", help="keep the predictions already in --output and answer only the rest")
     p.set_defaults(func=cmd_predict)
     return parser
 

@@ -28,9 +28,29 @@ def _inputs(path: Path, field: str, skip_bad: bool, bad: list):
             yield number, obj[field]
 
 
+def finished_lines(output: Path) -> set[int]:
+    """Input line numbers already answered in ``output``; a last line cut by a kill is dropped."""
+    if not output.is_file():
+        return set()
+    lines = output.read_text(encoding="utf-8").splitlines()
+    done = set()
+    for number, line in enumerate(lines, start=1):
+        try:
+            done.add(json.loads(line)["line"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            if number != len(lines):
+                raise DataError(f"{output}:{number}: not a prediction line; cannot resume into this file") from None
+            output.write_text("".join(kept + "\n" for kept in lines[:-1]), encoding="utf-8")
+    return done
+
+
 def predict_file(model_dir: str, input: str, output: str, input_field: str = "input", batch_size: int = 16,
-                 with_rationale: bool = False, skip_bad_lines: bool = False) -> dict:
-    """Predict a label for every line of ``input``; memory stays constant however long the file."""
+                 with_rationale: bool = False, skip_bad_lines: bool = False, resume: bool = False) -> dict:
+    """Predict a label for every line of ``input``; memory stays constant however long the file.
+
+    Predictions are appended batch by batch, so after a kill ``resume`` answers only the lines
+    that are not in ``output`` yet.
+    """
     from tqdm.auto import tqdm
 
     from dsbs.inference import predict, read_meta
@@ -41,17 +61,19 @@ def predict_file(model_dir: str, input: str, output: str, input_field: str = "in
         raise DataError(f"{path}: file not found")
     meta = read_meta(model_dir)
     model, tokenizer = load_student(model_dir, for_inference=True)
+    done = finished_lines(Path(output)) if resume else set()
     bad: list[str] = []
-    lines = _inputs(path, input_field, skip_bad_lines, bad)
+    lines = (line for line in _inputs(path, input_field, skip_bad_lines, bad) if line[0] not in done)
     written = 0
-    with open(output, "w") as out, tqdm(desc="predict", unit="input") as bar:
+    with open(output, "a" if resume else "w", encoding="utf-8") as out, tqdm(desc="predict", unit="input") as bar:
         while chunk := list(islice(lines, batch_size * 8)):
             results = predict(model, tokenizer, meta, [text for _, text in chunk],
                               with_rationale=with_rationale, batch_size=batch_size)
             for (number, text), result in zip(chunk, results):
                 out.write(json.dumps({"line": number, "input": text, **result}) + "\n")
+            out.flush()
             written += len(chunk)
             bar.update(len(chunk))
     for message in bad:
         print(f"skipped {message}")
-    return {"predicted": written, "skipped": len(bad)}
+    return {"predicted": written, "already_done": len(done), "skipped": len(bad)}

@@ -125,7 +125,6 @@ def create_app(model_dir: str, max_batch: int = 32, max_inputs: int = 64, max_in
 
     app = FastAPI(title="dsbs student", version="1", lifespan=lifespan,
                   description=f"{meta['method']} student for {meta['task']}: label-only answers, no rationale tokens")
-    app.state.batcher = batcher
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):

@@ -54,11 +54,11 @@ def fuzz(api_schema, examples: int) -> dict:
 def test_generated_requests_never_get_a_server_error(api_schema):
     counts = fuzz(api_schema, EXAMPLES)
     print(f"fuzz: {counts}")
-    assert counts["cases"] >= 4 * EXAMPLES and counts["2xx"] > 0 and counts["4xx"] > 0
+    assert counts["cases"] >= 3 * EXAMPLES and counts["2xx"] > 0 and counts["4xx"] > 0
 
 
 @pytest.mark.slow
 def test_thousands_of_generated_requests_never_get_a_server_error(api_schema):
     counts = fuzz(api_schema, 600)
     print(f"fuzz: {counts}")
-    assert counts["cases"] >= 2400
+    assert counts["cases"] >= 2000

@@ -9,7 +9,6 @@ threads, stopping early at --max-seconds. The last line is machine-readable.
 
 import argparse
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,22 +35,16 @@ def main() -> None:
     args = parser.parse_args()
 
     from dsbs.inference import read_meta
+    from dsbs.loopback import free_port, wait_until_up
     from dsbs.tasks import TaskConfig, get_task
 
     texts = [e.input for e in get_task(TaskConfig(task=read_meta(args.model)["task"])).load("test")]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "dsbs", "serve", "--model", args.model, "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(base + "/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_until_up(base + "/health", wait_s=120, process=server)
         post(base + "/predict", texts[0])  # warm-up
         print(f"{'clients':>7} {'requests':>8} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8}")
         rows = []

@@ -1,7 +1,6 @@
 """The HTTP service on loopback: /predict, /health, OpenAPI, limits, and the openai client as caller."""
 
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -11,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
+from dsbs.loopback import free_port, wait_until_up
 from dsbs.tasks import TaskConfig
 from dsbs.train import TrainConfig, train
 
@@ -25,19 +25,12 @@ def service(tiny_causal, tmp_path_factory):
     train(TaskConfig(task="demo"), TrainConfig(student=tiny_causal, output=str(output), max_steps=2, batch_size=2,
                                                eval_limit=2, precision="fp32", max_input_tokens=64, max_target_tokens=16))
     app = create_app(str(output / "model"), max_inputs=8, max_input_chars=200)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(url + "/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
+    wait_until_up(url + "/health", wait_s=60)
     yield url
     server.should_exit = True
     thread.join(timeout=30)

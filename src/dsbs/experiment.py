@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsbs.tasks import TaskConfig
-from dsbs.tasks.common import DataError
+from dsbs.tasks.common import DataError, read_appended_jsonl
 from dsbs.train import TrainConfig
 
 
@@ -86,17 +86,7 @@ def load_recipe(path: str, output: str | None = None) -> Recipe:
 
 def read_results(results_path: Path) -> list[dict]:
     """The complete result lines; a line cut short by a kill is dropped from the file."""
-    if not results_path.is_file():
-        return []
-    results, lines = [], results_path.read_text().splitlines()
-    for number, line in enumerate(lines, start=1):
-        try:
-            results.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number != len(lines):
-                raise DataError(f"{results_path}:{number}: invalid JSON") from None
-            results_path.write_text("".join(line + "\n" for line in lines[:-1]))
-    return results
+    return read_appended_jsonl(results_path)
 
 
 def run_experiment(recipe: Recipe) -> list[dict]:

@@ -4,7 +4,7 @@ import json
 from itertools import islice
 from pathlib import Path
 
-from dsbs.tasks.common import DataError
+from dsbs.tasks.common import DataError, read_appended_jsonl
 
 
 def _inputs(path: Path, field: str, skip_bad: bool, bad: list):
@@ -30,17 +30,11 @@ def _inputs(path: Path, field: str, skip_bad: bool, bad: list):
 
 def finished_lines(output: Path) -> set[int]:
     """Input line numbers already answered in ``output``; a last line cut by a kill is dropped."""
-    if not output.is_file():
-        return set()
-    lines = output.read_text(encoding="utf-8").splitlines()
     done = set()
-    for number, line in enumerate(lines, start=1):
-        try:
-            done.add(json.loads(line)["line"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            if number != len(lines):
-                raise DataError(f"{output}:{number}: not a prediction line; cannot resume into this file") from None
-            output.write_text("".join(kept + "\n" for kept in lines[:-1]), encoding="utf-8")
+    for number, record in enumerate(read_appended_jsonl(output), start=1):
+        if not isinstance(record, dict) or not isinstance(record.get("line"), int):
+            raise DataError(f"{output}:{number}: not a prediction line; cannot resume into this file")
+        done.add(record["line"])
     return done
 
 

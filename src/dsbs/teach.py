@@ -192,29 +192,18 @@ def _gguf_path(model: str) -> str | None:
 
 def start_llama_server(model: str = "smollm2-135m", alias: str = "smollm2", wait_s: float = 120.0):
     """llama-cpp-python's OpenAI-compatible server on a free loopback port: (process, base URL)."""
-    import socket
     import subprocess
     import sys
-    import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from dsbs.loopback import free_port, wait_until_up
+
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", _gguf_path(model) or model,
                                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--model_alias", alias],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + wait_s
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url + "/models", timeout=2).read()
-            return process, url
-        except OSError:
-            if process.poll() is not None:
-                break
-            time.sleep(0.5)
-    process.kill()
-    raise RuntimeError(f"llama.cpp server did not start within {wait_s:.0f} s")
+    wait_until_up(url + "/models", wait_s, process)
+    return process, url
 
 
 class AnswerCache:

@@ -118,6 +118,26 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             yield number, obj
 
 
+def read_appended_jsonl(path: Path) -> list[dict]:
+    """The complete lines of a JSONL file that the tool appends to as work finishes.
+
+    A kill can cut only the last line, so a last line that is not valid JSON is dropped from the
+    file (its work is redone); an invalid line anywhere else is an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records, lines = [], path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number != len(lines):
+                raise DataError(f"{path}:{number}: invalid JSON") from None
+            path.write_text("".join(kept + "\n" for kept in lines[:-1]), encoding="utf-8")
+    return records
+
+
 def read_csv(path: Path) -> Iterator[tuple[int, dict]]:
     """(line number, row) like read_jsonl, for a CSV file with a header row."""
     path = Path(path)

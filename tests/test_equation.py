@@ -7,6 +7,7 @@ from dsbs.equation import EquationError, equations_equal, evaluate_equation, is_
 
 @pytest.mark.parametrize("text, value", [
     ("( 84.0 / 2.0 )", 42.0), ("( 10.0 - ( 6.0 + 3.0 ) )", 1.0), ("-(-3)", 3.0), ("2 × 3 ÷ 4", 1.5), ("7", 7.0),
+    ("( 5. 0 - 3. 0 )", 2.0), ("( 2 . 5 * 2 )", 5.0),  # as a WordPiece (BERT-vocabulary) student decodes them
 ])
 def test_values(text, value):
     assert evaluate_equation(text) == pytest.approx(value)
@@ -14,7 +15,7 @@ def test_values(text, value):
 
 @pytest.mark.parametrize("hostile", [
     "__import__('os').system('echo hi')", "9**9**9", "2**10", "(1).__class__", "x + 1", "[1, 2]", "1 if 1 else 2",
-    "1e308 * 1e308", "1/0", "", "   ", "(" * 300 + "1" + ")" * 300, "1+" * 400 + "1", "lambda: 1", "'a' * 3", "True + 1",
+    "1e308 * 1e308", "1/0", "", "   ", "(" * 300 + "1" + ")" * 300, "1+" * 400 + "1", "lambda: 1", "'a' * 3", "True + 1", "5 . . 0", "1 .5 .5",
 ])
 def test_hostile_strings_raise_own_error(hostile):
     with pytest.raises(EquationError):

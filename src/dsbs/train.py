@@ -449,10 +449,10 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
                 part, share = [f for f in items if f["task"] == task_id], 1.0
                 if not part and config.fsdp:  # FSDP's gathers are collective: every process runs every pass
                     part, share = [f for i in rows for f in features[i] if f["task"] == task_id][:1], 0.0
-                # Each process's loss is its share of the step's mean; FSDP averages gradients, so undo that.
-                gradient_scale = share * (world if config.fsdp else 1)
                 if not part:
                     continue
+                # Each process's loss is its share of the step's mean; FSDP averages gradients, so undo that.
+                gradient_scale = share * (world if config.fsdp else 1)
                 batch = {k: v.to(accelerator.device) for k, v in collate(part, tokenizer.pad_token_id, seq2seq).items()}
                 with autocast:
                     loss_sum = target_loss_sum(model, batch, seq2seq, sharded=config.fsdp)

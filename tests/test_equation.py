@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dsbs.equation import EquationError, equations_equal, evaluate_equation, is_equation
+from dsbs.equation import EquationError, compact_equation, equations_equal, evaluate_equation, is_equation
 
 
 @pytest.mark.parametrize("text, value", [
@@ -38,3 +38,37 @@ def test_fuzz_never_raises_anything_else(text):
     except EquationError:
         return
     assert isinstance(value, float)
+
+
+@pytest.mark.parametrize("text, compact", [
+    ("( 10.0 - ( 6.0 + 3.0 ) )", "10-(6+3)"), ("( ( 14.0 - 2.0 ) - 10.0 )", "14-2-10"),
+    ("( 14.0 - ( 2.0 - 10.0 ) )", "14-(2-10)"), ("( 2.5 * 2.0 )", "2.5*2"), ("( 8.0 / ( 2.0 * 2.0 ) )", "8/(2*2)"),
+    ("5 - -3", "5--3"), ("( 5. 0 - 3. 0 )", "5-3"),
+])
+def test_compact_form_drops_only_what_is_redundant(text, compact):
+    assert compact_equation(text) == compact
+
+
+def test_compact_form_refuses_what_it_cannot_score():
+    for bad in ("1/0", "x + 1", "9**9**9", ""):
+        with pytest.raises(EquationError):
+            compact_equation(bad)
+
+
+_numbers = st.one_of(st.integers(0, 10**6).map(str), st.integers(0, 10**4).map(lambda n: f"{n}.0"),
+                     st.floats(0, 1e4, allow_nan=False).map(repr))
+_expressions = st.recursive(_numbers, lambda inner: st.one_of(
+    st.tuples(inner, st.sampled_from("+-*/"), inner).map(lambda t: f"( {t[0]} {t[1]} {t[2]} )"),
+    inner.map(lambda e: f"-{e}")), max_leaves=12)
+
+
+@settings(max_examples=500, deadline=200)
+@given(_expressions)
+def test_compact_form_has_exactly_the_same_value(text):
+    try:
+        value = evaluate_equation(text)
+    except EquationError:
+        return  # division by zero and the like: nothing to keep
+    compact = compact_equation(text)
+    assert evaluate_equation(compact) == value  # same tree, so the same float, not just a close one
+    assert compact_equation(compact) == compact and len(compact) <= len(text)

@@ -138,7 +138,7 @@ def test_benchmark_output_is_a_data_dir_the_loader_reads(tmp_path):
         teach(TaskConfig(task="svamp", data_dir=DATA_DIR), config(server, tmp_path, limit=5))
     out = tmp_path / "teach"
     examples = get_task(TaskConfig(task="svamp", data_dir=str(out))).load("train")
-    assert len(examples) == 5 and examples[0].teacher_label == "(84 / 2)" and examples[0].rationale == "Half of 84 is 42."
+    assert len(examples) == 5 and examples[0].teacher_label == "84/2" and examples[0].rationale == "Half of 84 is 42."
     assert len(get_task(TaskConfig(task="svamp", data_dir=str(out))).load("test")) == 200  # other splits come along
 
 

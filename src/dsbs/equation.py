@@ -25,8 +25,8 @@ class EquationError(ValueError):
     """The text is not a small arithmetic expression we are willing to evaluate."""
 
 
-def evaluate_equation(text: str) -> float:
-    """Value of an arithmetic expression; raises EquationError for anything else."""
+def _parse(text: str) -> ast.expr:
+    """The checked syntax tree of an arithmetic expression; raises EquationError for anything else."""
     if not isinstance(text, str):
         raise EquationError(f"expected a string, got {type(text).__name__}")
     text = text.strip().replace("×", "*").replace("÷", "/").replace("−", "-")
@@ -41,13 +41,35 @@ def evaluate_equation(text: str) -> float:
         raise EquationError(f"not an arithmetic expression: {text!r}") from err
     if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
         raise EquationError(f"expression has more than {MAX_NODES} parts")
+    return tree.body
+
+
+def evaluate_equation(text: str) -> float:
+    """Value of an arithmetic expression; raises EquationError for anything else."""
+    tree = _parse(text)
     try:
-        value = _eval_node(tree.body)
+        value = _eval_node(tree)
     except (ZeroDivisionError, OverflowError, RecursionError) as err:
         raise EquationError(f"cannot evaluate {text!r}: {err}") from err
     if not math.isfinite(value) or abs(value) > MAX_MAGNITUDE:
         raise EquationError(f"value out of range for {text!r}")
     return value
+
+
+def compact_equation(text: str) -> str:
+    """The same expression in its fewest characters: ``( 10.0 - ( 6.0 + 3.0 ) )`` -> ``10-(6+3)``.
+
+    A student pays for every label token at inference, and SmolLM2's tokenizer spends one per
+    digit: SVAMP's released labels average 14.4 tokens, their compact form 5.4. The tree is
+    unchanged (only redundant brackets, spaces and ``.0`` go), so the value is exactly the same.
+    """
+    tree = _parse(text)
+    evaluate_equation(text)  # the same checks on the value: a label we could not score is no label
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, float) \
+                and node.value.is_integer() and abs(node.value) < MAX_MAGNITUDE:
+            node.value = int(node.value)
+    return ast.unparse(tree).replace(" ", "")
 
 
 def _eval_node(node: ast.AST) -> float:

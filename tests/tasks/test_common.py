@@ -1,6 +1,7 @@
 """Readers, alignment and splits, on files written here and on the paper's released data."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,9 @@ def test_missing_and_mistyped_fields_named(tmp_path):
     (root / "svamp_train.json").write_text('{"input": 5, "label": "( 1 + 2 )"}\n')
     with pytest.raises(DataError, match=r"svamp_train.json:1: field 'input' should be str, got int"):
         load_paper_split(tmp_path, "svamp", "train", svamp.parse_row, svamp.parse_completion)
+    (root / "svamp_train.json").write_text('{"input": "q1", "label": "( 1 + 2 )"}\n{"input": "q2", "label": "three"}\n')
+    with pytest.raises(DataError, match=r"svamp_train.json:2: field 'label' is not an arithmetic expression"):
+        load_paper_split(tmp_path, "svamp", "train", svamp.parse_row, svamp.parse_completion)
 
 
 def test_alignment_by_position_and_count_mismatch(tmp_path):
@@ -49,7 +53,7 @@ def test_alignment_by_position_and_count_mismatch(tmp_path):
     (root / "llm" / "train_CoT_1.json").write_text(json.dumps(["r2. The answer is (2 + 1)."]))
     examples = load_paper_split(tmp_path, "svamp", "train", svamp.parse_row, svamp.parse_completion)
     assert [(e.input, e.rationale, e.teacher_label) for e in examples] == [
-        ("q0", "r0.", "(0 + 1)"), ("q1", None, None), ("q2", "r2.", "(2 + 1)")]
+        ("q0", "r0.", "0+1"), ("q1", None, None), ("q2", "r2.", "2+1")]
     (root / "llm" / "train_CoT_1.json").write_text(json.dumps([]))
     with pytest.raises(DataError, match="2 teacher completions .* 3 rows"):
         load_paper_split(tmp_path, "svamp", "train", svamp.parse_row, svamp.parse_completion)
@@ -112,3 +116,14 @@ def test_malformed_teacher_outputs_are_named(tmp_path, content, message):
     target.write_bytes(content if isinstance(content, bytes) else content.encode())
     with pytest.raises(DataError, match=message):
         load_paper_split(tmp_path, "svamp", "train", svamp.parse_row, svamp.parse_completion)
+
+
+@needs_data
+def test_svamp_labels_load_compact_with_the_released_values():
+    from dsbs.equation import evaluate_equation
+
+    released = [row["label"] for _, row in read_jsonl(Path(DATA_DIR) / "svamp" / "svamp_test.json")]
+    loaded = [e.label for e in svamp.task(DATA_DIR).load("test")]
+    assert released[0] == "( 10.0 * 45.0 )" and loaded[0] == "10*45"
+    assert [evaluate_equation(a) for a in loaded] == [evaluate_equation(b) for b in released]
+    assert sum(map(len, loaded)) < 0.5 * sum(map(len, released))

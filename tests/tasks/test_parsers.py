@@ -18,7 +18,7 @@ def test_cqa_malformed(bad):
 
 def test_svamp_parses_equation():
     completion = "He scored 84 in 2 rounds. 84 / 2 = 42. The answer is (84 / 2).\n\nQ: There are 120 students. The answer is (120 / 3)."
-    assert svamp.parse_completion(completion) == ("He scored 84 in 2 rounds. 84 / 2 = 42.", "(84 / 2)")
+    assert svamp.parse_completion(completion) == ("He scored 84 in 2 rounds. 84 / 2 = 42.", "84/2")
     assert svamp.parse_completion("The answer is 42.") == (None, None)
     assert svamp.parse_completion("I do not know (yet)") == (None, None)
 

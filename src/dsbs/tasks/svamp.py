@@ -1,8 +1,13 @@
-"""SVAMP: arithmetic word problems; the label is an equation, scored by its value."""
+"""SVAMP: arithmetic word problems; the label is an equation, scored by its value.
+
+Labels, gold and teacher's alike, are kept in their compact form (``10-(6+3)`` for the released
+``( 10.0 - ( 6.0 + 3.0 ) )``): the same value in fewer tokens, and at inference a label-only
+student pays for every token it writes.
+"""
 
 import re
-from dsbs.equation import equations_equal, is_equation
-from dsbs.tasks.common import Task, cut_at_next_example, field, paper_task, split_on_marker
+from dsbs.equation import EquationError, compact_equation, equations_equal, is_equation
+from dsbs.tasks.common import DataError, Task, cut_at_next_example, field, paper_task, split_on_marker
 
 NAME = "svamp"
 # Reference points for reports: PaLM 540B few-shot CoT accuracy on the full test set (scored from the
@@ -14,16 +19,21 @@ _EQUATION = re.compile(r"\(.*\)", re.DOTALL)
 
 def parse_row(row: dict, where: str) -> tuple[str, str]:
     """The released rows already join body and question with a newline, as the paper's input."""
-    return field(row, "input", str, where), field(row, "label", str, where)
+    text, label = field(row, "input", str, where), field(row, "label", str, where)
+    try:
+        return text, compact_equation(label)
+    except EquationError as err:
+        raise DataError(f"{where}: field 'label' is not an arithmetic expression we can score ({err})") from None
 
 
 def parse_completion(completion: str) -> tuple[str | None, str | None]:
-    """'... The answer is (84 / 2).' -> (rationale, '(84 / 2)')."""
+    """'... The answer is (84 / 2).' -> (rationale, '84/2')."""
     rationale, answer = split_on_marker(cut_at_next_example(completion, ("\nQ:",)), "The answer is")
     match = _EQUATION.search(answer or "")
     if rationale is None or match is None:
         return None, None
-    return rationale, match.group(0)
+    equation = match.group(0)
+    return rationale, compact_equation(equation) if is_equation(equation) else equation
 
 
 def task(data_dir=None) -> Task:

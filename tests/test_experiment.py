@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from dsbs.experiment import load_recipe, read_results, run_experiment
+from dsbs.experiment import load_recipe, run_experiment
 from dsbs.report import report
-from dsbs.tasks.common import DataError
+from dsbs.tasks.common import DataError, read_appended_jsonl
 from tests.conftest import DATA_DIR, needs_data
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
@@ -36,7 +36,7 @@ def test_grid_runs_once_resumes_and_reports(tiny_causal, tmp_path):
     results = Path(recipe.output) / "results.jsonl"
     results.write_text(results.read_text() + '{"run": "cut sh')
     assert run_experiment(recipe) == []
-    assert len(read_results(results)) == 8
+    assert len(read_appended_jsonl(results)) == 8
     out = report(str(results))
     assert "| dsbs |" in out["markdown"] and "(n=2)" in out["markdown"] and "±" in out["markdown"]
     assert all(Path(p).stat().st_size > 1000 for p in out["plots"])

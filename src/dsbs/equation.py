@@ -46,7 +46,10 @@ def _parse(text: str) -> ast.expr:
 
 def evaluate_equation(text: str) -> float:
     """Value of an arithmetic expression; raises EquationError for anything else."""
-    tree = _parse(text)
+    return _checked_value(_parse(text), text)
+
+
+def _checked_value(tree: ast.expr, text: str) -> float:
     try:
         value = _eval_node(tree)
     except (ZeroDivisionError, OverflowError, RecursionError) as err:
@@ -64,7 +67,7 @@ def compact_equation(text: str) -> str:
     unchanged (only redundant brackets, spaces and ``.0`` go), so the value is exactly the same.
     """
     tree = _parse(text)
-    evaluate_equation(text)  # the same checks on the value: a label we could not score is no label
+    _checked_value(tree, text)  # a label we could not score is no label
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, float) \
                 and node.value.is_integer() and abs(node.value) < MAX_MAGNITUDE:

@@ -84,11 +84,6 @@ def load_recipe(path: str, output: str | None = None) -> Recipe:
     return recipe
 
 
-def read_results(results_path: Path) -> list[dict]:
-    """The complete result lines; a line cut short by a kill is dropped from the file."""
-    return read_appended_jsonl(results_path)
-
-
 def run_experiment(recipe: Recipe) -> list[dict]:
     """Train and evaluate every run not yet in results.jsonl; returns the new results."""
     from dsbs.evaluate import evaluate
@@ -98,7 +93,7 @@ def run_experiment(recipe: Recipe) -> list[dict]:
     output.mkdir(parents=True, exist_ok=True)
     (output / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=2))
     results_path = output / "results.jsonl"
-    done = {r["run"] for r in read_results(results_path)}
+    done = {r["run"] for r in read_appended_jsonl(results_path)}
     runs = recipe.runs()
     new = []
     for number, run in enumerate(runs, start=1):

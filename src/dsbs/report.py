@@ -5,9 +5,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from dsbs.experiment import read_results
 from dsbs.tasks import BENCHMARKS
-from dsbs.tasks.common import DataError
+from dsbs.tasks.common import DataError, read_appended_jsonl
 
 METHOD_ORDER = ("standard", "distill", "dsbs", "single_task")
 
@@ -97,7 +96,7 @@ def report(results: str, output: str | None = None) -> dict:
     path = Path(results)
     if path.is_dir():
         path = path / "results.jsonl"
-    rows = read_results(path)
+    rows = read_appended_jsonl(path)
     if not rows:
         raise DataError(f"{path}: no results yet (run `dsbs experiment` first)")
     out = Path(output) if output else path.parent

@@ -32,8 +32,10 @@ def parse_completion(completion: str) -> tuple[str | None, str | None]:
     match = _EQUATION.search(answer or "")
     if rationale is None or match is None:
         return None, None
-    equation = match.group(0)
-    return rationale, compact_equation(equation) if is_equation(equation) else equation
+    try:
+        return rationale, compact_equation(match.group(0))
+    except EquationError:
+        return rationale, match.group(0)  # kept as written: scoring will count it unparsable
 
 
 def task(data_dir=None) -> Task:

@@ -27,6 +27,13 @@ def test_equations_compared_by_value():
     assert equations_equal("( 6 + 3 ) * 2", "18")
     assert not equations_equal("(84 / 3)", "( 84.0 / 2.0 )")
     assert not equations_equal("garbage", "1")
+    assert equations_equal("0.1 + 0.2", "0.3") and equations_equal("1/3*3", "1")  # float rounding only
+
+
+def test_close_values_are_not_equal():
+    # SVAMP train rows 232 and 371: the teacher adds a stray term worth 2e-5 of the total
+    assert not equations_equal("610769+590796+22", "( 610769.0 + 590796.0 )")
+    assert not equations_equal("100000+1", "100000")
     assert is_equation("( 1 + 2 )") and not is_equation("one plus two")
 
 

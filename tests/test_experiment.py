@@ -4,7 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from dsbs.experiment import load_recipe, run_experiment
+import json
+import time
+
+from dsbs.experiment import load_recipe, run_experiment, run_name
 from dsbs.report import report
 from dsbs.tasks.common import DataError, read_appended_jsonl
 from tests.conftest import DATA_DIR, needs_data
@@ -18,6 +21,7 @@ def tiny_recipe(tmp_path, student, **overrides) -> Path:
             "train": {"max_steps": 2, "batch_size": 2, "eval_limit": 2, "precision": "fp32", "lr": 1e-3,
                       "max_input_tokens": 64, "max_target_tokens": 32, "keep_checkpoints": False}}
     text.update(overrides)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "recipe.yaml"
     import yaml
 
@@ -38,8 +42,53 @@ def test_grid_runs_once_resumes_and_reports(tiny_causal, tmp_path):
     assert run_experiment(recipe) == []
     assert len(read_appended_jsonl(results)) == 8
     out = report(str(results))
-    assert "| dsbs |" in out["markdown"] and "(n=2)" in out["markdown"] and "±" in out["markdown"]
+    assert "| dsbs |" in out["markdown"] and "(2 seeds)" in out["markdown"]
+    assert "| dsbs | 50.0% |" in out["markdown"] and "| dsbs | 100.0% |" in out["markdown"], "paired against standard"
+    assert "Minimum resources" in out["markdown"] and "first 6 test rows" in out["markdown"]
     assert all(Path(p).stat().st_size > 1000 for p in out["plots"])
+    assert all(len(r["test_correct"]) == 6 and set(r["test_correct"]) <= {"0", "1"} for r in first)
+    assert round(sum(map(int, first[0]["test_correct"])) / 6, 6) == round(first[0]["test_accuracy"], 6)
+
+
+def test_parallel_jobs_give_the_sequential_result_lines_and_keep_no_weights(tiny_causal, tmp_path):
+    grid = dict(methods=["standard", "dsbs"], fractions=[1.0], seeds=[0, 1], keep_weights=False,
+                priority=[{"method": "dsbs", "seed": 1}])
+    sequential = load_recipe(str(tiny_recipe(tmp_path / "a", tiny_causal, **grid)))
+    parallel = load_recipe(str(tiny_recipe(tmp_path / "b", tiny_causal, **grid)))
+    assert [run_name(r) for r in parallel.runs()][0].startswith("demo-dsbs") and parallel.runs()[0]["seed"] == 1
+    run_experiment(sequential)
+    run_experiment(parallel, jobs=2)
+    settings = lambda recipe: {(r["run"], r["task"], r["method"], r["fraction"], r["seed"], r["test_n"], r["steps"],
+                                json.dumps(r["train_settings"], sort_keys=True))
+                               for r in read_appended_jsonl(Path(recipe.output) / "results.jsonl")}
+    assert settings(parallel) == settings(sequential) and len(settings(parallel)) == 4
+    lines = (Path(parallel.output) / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and all(json.loads(line) for line in lines), "no torn or doubled line"
+    for run_dir in (Path(parallel.output) / "runs").iterdir():
+        assert (run_dir / "test" / "predictions.jsonl").is_file() and (run_dir / "result.json").is_file()
+        assert not (run_dir / "model").exists() and not (run_dir / "checkpoints").exists()
+
+
+def test_a_sweep_stopped_at_its_deadline_resumes(tiny_causal, tmp_path):
+    recipe = load_recipe(str(tiny_recipe(tmp_path, tiny_causal, methods=["standard"], fractions=[1.0], seeds=[0, 1])))
+    assert run_experiment(recipe, jobs=1, deadline=time.time()) == []  # nothing starts after the deadline
+    assert not (Path(recipe.output) / "results.jsonl").exists()
+    assert len(run_experiment(recipe, jobs=1, deadline=time.time() + 600)) == 2
+    # a result the sweep did not append before dying is taken from its run directory, not run again
+    results = Path(recipe.output) / "results.jsonl"
+    results.write_text(results.read_text().splitlines()[0] + "\n")
+    [recovered] = run_experiment(recipe)
+    assert recovered["seed"] == 1 and len(read_appended_jsonl(results)) == 2
+
+
+def test_report_reads_a_cut_results_file_without_changing_it(tmp_path):
+    line = {"run": "r", "task": "demo", "student": "s", "method": "standard", "fraction": 1.0, "seed": 0,
+            "test_accuracy": 0.5, "test_n": 2, "test_correct": "10"}
+    results = tmp_path / "results.jsonl"
+    text = json.dumps(line) + "\n" + '{"run": "cut'
+    results.write_text(text)
+    assert report(str(results))["runs"] == 1
+    assert results.read_text() == text
 
 
 def test_bad_recipe_is_reported(tmp_path):
@@ -71,4 +120,4 @@ def test_shipped_recipe_resolves_and_runs_two_steps(recipe_path, tiny_causal, tm
                         seeds=[0], task_settings={"data_dir": DATA_DIR}, train=train, test_limit=3)
     results = run_experiment(load_recipe(str(small)))
     assert len(results) == len(tasks) * len(raw["methods"])
-    assert all(0 <= r["test_accuracy"] <= 1 for r in results)
+    assert all(r["test_n"] == 3 and len(r["test_correct"]) == 3 for r in results)

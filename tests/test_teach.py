@@ -84,6 +84,18 @@ def test_samples_vote_and_keep_agreeing_rationales(tmp_path):
     assert details[0]["label"] == "42" and details[0]["agreeing_rationales"] == ["Add them.", "Count."]
 
 
+@needs_data
+def test_samples_write_a_completion_whose_parsed_label_won(tmp_path):
+    # labels are compacted (84/2) and completions are not ((84 / 2)): the choice is by parsed label
+    answers = {1: "Double it. The answer is (84 * 2).", 2: "Halve it. The answer is (84 / 2).",
+               3: "Split it. The answer is ( 84.0 / 2.0 )."}
+    with FakeOpenAI(answer=lambda item, attempt: answers[attempt]) as server:
+        teach(TaskConfig(task="svamp", data_dir=DATA_DIR),
+              config(server, tmp_path, limit=1, samples=3, temperature=0.7, concurrency=1))
+    [example] = get_task(TaskConfig(task="svamp", data_dir=str(tmp_path / "teach"))).load("train")
+    assert example.teacher_label == "84/2" and example.rationale == "Halve it."
+
+
 def test_kill_9_then_rerun_answers_every_item_once(tmp_path):
     n, concurrency = 40, 4
     with FakeOpenAI(delay=0.05) as server:

@@ -132,3 +132,24 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(extra, tiny_causal, tm
     expected, got = weights(reference / "checkpoints" / "step-000040"), weights(killed / "checkpoints" / "step-000040")
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_first_log_line_after_a_resume_averages_only_the_steps_it_ran(tiny_causal, tmp_path, monkeypatch):
+    import shutil
+
+    reference = tmp_path / "reference"
+    train(DEMO, quick_config(tiny_causal, reference, max_steps=6, log_interval=1, save_interval=3))
+    per_step = {r["step"]: r["loss"] for r in log_records(reference) if "loss" in r}
+
+    rmtree = shutil.rmtree  # keep the step-3 checkpoint that the step-6 save would delete
+    monkeypatch.setattr(shutil, "rmtree", lambda path, *a, **k: None if "step-000003" in str(path) else rmtree(path, *a, **k))
+    resumed = tmp_path / "resumed"
+    train(DEMO, quick_config(tiny_causal, resumed, max_steps=6, log_interval=4, save_interval=3))
+    monkeypatch.undo()
+    shutil.rmtree(resumed / "checkpoints" / "step-000006")
+    (resumed / "summary.json").unlink()
+    train(DEMO, quick_config(tiny_causal, resumed, max_steps=6, log_interval=4, save_interval=3, resume=True))
+    logged = {r["step"]: r["loss"] for r in log_records(resumed) if "loss" in r}
+    assert set(logged) == {4, 6}
+    assert logged[4] == pytest.approx(per_step[4], rel=1e-4)  # one step since the resume, not a quarter of it
+    assert logged[6] == pytest.approx((per_step[5] + per_step[6]) / 2, rel=1e-4)

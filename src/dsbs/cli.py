@@ -11,6 +11,7 @@ import os
 import sys
 import types
 import typing
+from pathlib import Path
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls) -> None:
@@ -78,11 +79,33 @@ def cmd_train(args) -> None:
 
 
 def cmd_experiment(args) -> None:
-    from dsbs.experiment import load_recipe, run_experiment
+    import shutil
+    import time
 
-    run_experiment(load_recipe(args.recipe, output=args.output))
-    if args.report:
-        cmd_report(argparse.Namespace(results=load_recipe(args.recipe, output=args.output).output, output=None))
+    from dsbs.experiment import load_recipe, run_experiment
+    from dsbs.report import report
+
+    recipe = load_recipe(args.recipe, output=args.output)
+    deadline = time.time() + args.time_limit if args.time_limit else None
+    results = Path(recipe.output) / "results.jsonl"
+    report_dir = args.report_dir or recipe.output
+    last = [0.0]
+
+    def refresh(_result: dict) -> None:
+        if args.report_dir:  # a copy beside the report, so that the directory is complete on its own
+            Path(report_dir).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(results, Path(report_dir) / "results.jsonl")
+        if time.time() - last[0] >= 60:  # at most once a minute: a report resamples every comparison
+            report(str(results), output=report_dir)
+            last[0] = time.time()
+
+    wants_report = args.report or args.report_dir
+    try:
+        run_experiment(recipe, jobs=args.jobs, deadline=deadline, on_result=refresh if wants_report else None)
+    finally:
+        if wants_report and results.is_file():
+            refresh({})
+            print(report(str(results), output=report_dir)["markdown"])
 
 
 def cmd_report(args) -> None:
@@ -106,7 +129,8 @@ def cmd_evaluate(args) -> None:
 
     metrics = evaluate(args.model, from_args(TaskConfig, args), split=args.split, limit=args.limit,
                        batch_size=args.batch_size, output=args.output, with_rationale=args.with_rationale)
-    metrics.pop("task_config")
+    for long in ("task_config", "correct_vector", "teacher_correct_vector"):  # in metrics.json
+        metrics.pop(long)
     _print_json(metrics)
 
 
@@ -169,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("experiment", help="run a recipe's grid of trainings and test evaluations")
     p.add_argument("recipe", help="a recipe YAML file (see recipes/)")
     p.add_argument("--output", default=None, help="override the recipe's output directory")
-    p.add_argument("--report", action="store_true", help="write the report when the grid is done")
+    p.add_argument("--report", action="store_true", help="write the report as runs finish (at most once a minute) and when the grid is done")
+    p.add_argument("--report-dir", default=None, help="write the report, its plots and a copy of results.jsonl here (implies --report)")
+    p.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process: one GPU each where there are several, else sharing one; on a CPU the cores are divided among them")
+    p.add_argument("--time-limit", type=float, default=None, help="seconds: start nothing after this and stop runs still going (they resume on the next start)")
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("report", help="markdown table and plots from an experiment's results")
@@ -201,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from dsbs.experiment import SweepFailed
     from dsbs.tasks.common import DataError
 
     try:
@@ -208,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ValueError, FileNotFoundError, ImportError) as err:  # user errors: a message, no traceback
         print(f"dsbs: error: {err}", file=sys.stderr)
         return 2
+    except SweepFailed as err:  # each failure was printed as it happened
+        print(f"dsbs: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dsbs: interrupted", file=sys.stderr)
         return 130

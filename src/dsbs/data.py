@@ -117,9 +117,12 @@ def inspect(task_config: TaskConfig, split: str | None = None) -> dict:
     split = split or task.test_split
     rows = task.load(split)
     answered = [e for e in rows if e.completion is not None or e.teacher_label is not None]
+    # a parse failure: no label in the task's label space (never trained on)
     failures = [e for e in answered if e.teacher_label is None]
     graded = [e for e in answered if e.label is not None]
-    correct = sum(e.teacher_label is not None and task.labels_match(e.teacher_label, e.label) for e in graded)
+    # scored as the paper scores it: the label as the teacher wrote it, matched exactly
+    written = [e.teacher_answer if e.teacher_answer is not None else e.teacher_label for e in graded]
+    correct = sum(w is not None and task.labels_match(w, e.label) for w, e in zip(written, graded))
     lengths = [len(e.rationale.split()) for e in rows if e.rationale]
     report = {
         "task": task.name, "split": split, "rows": len(rows), "labeled_rows": sum(e.label is not None for e in rows),

@@ -85,10 +85,14 @@ def _eval_node(node: ast.AST) -> float:
     raise EquationError(f"unsupported syntax: {type(node).__name__}")
 
 
-def equations_equal(predicted: str, gold: str, rel_tol: float = 1e-4) -> bool:
-    """True when both expressions evaluate to the same number (an unparsable one never matches)."""
+def equations_equal(predicted: str, gold: str, rel_tol: float = 1e-9) -> bool:
+    """True when both expressions evaluate to the same number (an unparsable one never matches).
+
+    Equal up to float rounding only: ``610769+590796+22`` is not ``610769+590796``, though the two
+    differ by less than 1e-4 of their value (a looser tolerance once scored such answers right).
+    """
     try:
-        return math.isclose(evaluate_equation(predicted), evaluate_equation(gold), rel_tol=rel_tol, abs_tol=1e-6)
+        return math.isclose(evaluate_equation(predicted), evaluate_equation(gold), rel_tol=rel_tol, abs_tol=1e-12)
     except EquationError:
         return False
 

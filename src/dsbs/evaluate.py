@@ -8,6 +8,14 @@ from pathlib import Path
 from dsbs.tasks import TaskConfig, get_task
 
 
+def teacher_vector(task, rows) -> str | None:
+    """The teacher's per-item correctness on ``rows``, scored as the paper scores it; None without answers."""
+    if not rows or any(e.completion is None or e.label is None for e in rows):
+        return None
+    return "".join("1" if e.teacher_answer is not None and task.labels_match(e.teacher_answer, e.label) else "0"
+                   for e in rows)
+
+
 def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, limit: int | None = None,
              batch_size: int = 16, output: str | None = None, with_rationale: bool = False) -> dict:
     """Accuracy of the student in ``model_dir``; writes predictions.jsonl and metrics.json to ``output``."""
@@ -32,7 +40,10 @@ def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, 
         failures += not valid
         records.append({"id": example.id, "input": example.input, "gold": gold, **prediction,
                         "correct": ok, "parsed": valid})
+    # per item, in test order: a report rebuilds paired statistics from these alone
+    vector = "".join("1" if r["correct"] else "0" for r in records)
     metrics = {"accuracy": correct / len(rows) if rows else 0.0, "n": len(rows), "correct": correct,
+               "correct_vector": vector, "teacher_correct_vector": teacher_vector(task, rows),
                "parse_failures": failures, "task": task.name, "split": split, "model": str(model_dir),
                "method": meta["method"], "seconds": round(seconds, 2), "task_config": asdict(task_config)}
     if output:

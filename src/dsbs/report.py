@@ -1,4 +1,10 @@
-"""`dsbs report RESULTS`: a markdown table (mean ± std over seeds) and accuracy-vs-data plots."""
+"""`dsbs report RESULTS`: accuracy tables with paired intervals, minimum resources, and plots.
+
+Per cell (task, student, method, fraction): mean ± std over seeds, the seeds and the test n. Each
+method is compared with standard fine-tuning at the same task, student and fraction, item by item
+(dsbs.stats); the paper's "minimum resources" question is answered per method. Everything is
+computed from results.jsonl alone: each line carries its per-item test correctness.
+"""
 
 import importlib
 import statistics
@@ -9,6 +15,9 @@ from dsbs.tasks import BENCHMARKS
 from dsbs.tasks.common import DataError, read_appended_jsonl
 
 METHOD_ORDER = ("standard", "distill", "dsbs", "single_task")
+REACH_RULE = ("a method reaches a reference at the smallest data fraction whose mean test accuracy over seeds is "
+              "at least the reference's on the same test items; the paired 95% interval of the difference there "
+              "is shown")
 
 
 def references(task: str) -> tuple[float | None, dict]:
@@ -19,67 +28,203 @@ def references(task: str) -> tuple[float | None, dict]:
     return module.TEACHER_FEW_SHOT_ACCURACY, module.PAPER_T5_BASE
 
 
-def aggregate(results: list[dict]) -> dict:
-    """(task, student, method, fraction) -> accuracies in percent, one per seed."""
-    groups = defaultdict(list)
-    for r in results:
-        groups[(r["task"], r["student"], r["method"], r["fraction"])].append(100 * r["test_accuracy"])
+def method_rank(method: str) -> int:
+    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+
+
+def group_results(results: list[dict]) -> dict:
+    """(task, student) -> method -> fraction -> the result lines of its seeds, in seed order."""
+    groups = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in sorted(results, key=lambda r: r["seed"]):
+        groups[(r["task"], r["student"])][r["method"]][r["fraction"]].append(r)
     return groups
 
 
-def markdown_table(groups: dict, results: list[dict]) -> str:
-    test_n = {(r["task"], r["student"]): r["test_n"] for r in results}
-    lines = []
-    for task, student in sorted({(t, s) for t, s, _, _ in groups}):
-        teacher, paper = references(Path(task).stem)
-        fractions = sorted({f for t, s, _, f in groups if (t, s) == (task, student)})
-        lines += [f"### {task} — student {student} (test n = {test_n[(task, student)]})", ""]
-        lines += ["| method | " + " | ".join(f"{f:.1%} data" for f in fractions) + " |",
-                  "|---|" + "---|" * len(fractions)]
-        for method in sorted({m for t, s, m, _ in groups if (t, s) == (task, student)}, key=METHOD_ORDER.index):
-            cells = []
-            for fraction in fractions:
-                accs = groups.get((task, student, method, fraction))
-                if not accs:
-                    cells.append("—")
-                    continue
-                spread = f" ± {statistics.stdev(accs):.1f}" if len(accs) > 1 else ""
-                cells.append(f"{statistics.fmean(accs):.1f}{spread} (n={len(accs)})")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
-        if teacher is not None:
-            lines += ["", f"Teacher (PaLM 540B few-shot CoT): {teacher:.2f}. Paper's T5-Base (220M) on 100% data: "
-                      + ", ".join(f"{m} {v:.2f}" for m, v in paper.items()) + "."]
-        lines.append("")
-    return "\n".join(lines)
+def matrix(lines: list[dict], seeds: list[int] | None = None):
+    """Seeds x items correctness of a cell (only ``seeds`` if given), or None without per-item data."""
+    import numpy as np
+
+    from dsbs.stats import correctness
+
+    chosen = [r for r in lines if seeds is None or r["seed"] in seeds]
+    if not chosen or any(not r.get("test_correct") for r in chosen):
+        return None
+    vectors = [correctness(r["test_correct"]) for r in chosen]
+    return np.stack(vectors) if len({v.size for v in vectors}) == 1 else None
+
+
+def paired(a_lines: list[dict], b_lines: list[dict]):
+    """Difference of a over b on the seeds both have (b may be a one-row reference), or None."""
+    from dsbs.stats import compare
+
+    shared = sorted({r["seed"] for r in a_lines} & {r["seed"] for r in b_lines})
+    a, b = matrix(a_lines, shared), matrix(b_lines, shared)
+    if a is None or b is None or a.shape != b.shape:
+        return None
+    return compare(a, b)
+
+
+def teacher_lines(cells: dict) -> list[dict] | None:
+    """The teacher's per-item correctness on these test rows, as a one-row pseudo cell."""
+    for fractions in cells.values():
+        for lines in fractions.values():
+            for r in lines:
+                if r.get("teacher_test_correct"):
+                    return [{"seed": r["seed"], "test_correct": r["teacher_test_correct"]}]
+    return None
+
+
+def accuracy(lines: list[dict]) -> float:
+    return statistics.fmean(100 * r["test_accuracy"] for r in lines)
+
+
+def cell_text(lines: list[dict]) -> str:
+    accs = [100 * r["test_accuracy"] for r in lines]
+    spread = f" ± {statistics.stdev(accs):.1f}" if len(accs) > 1 else ""
+    return f"{statistics.fmean(accs):.1f}{spread} ({len(accs)} seed{'s' if len(accs) > 1 else ''})"
+
+
+def difference_text(d) -> str:
+    return f"{d.diff:+.1f} [{d.low:+.1f}, {d.high:+.1f}]"
+
+
+def accuracy_table(cells: dict, fractions: list[float]) -> list[str]:
+    lines = ["| method | " + " | ".join(f"{f:.1%} data" for f in fractions) + " |", "|---|" + "---|" * len(fractions)]
+    for method in sorted(cells, key=method_rank):
+        row = [cell_text(cells[method][f]) if cells[method].get(f) else "—" for f in fractions]
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return lines
+
+
+def against_standard(cells: dict, fractions: list[float]) -> list[str]:
+    """Each method minus standard fine-tuning at the same fraction, paired."""
+    if "standard" not in cells:
+        return []
+    rows = []
+    for method in sorted(cells, key=method_rank):
+        for fraction in fractions:
+            if method == "standard" or not cells[method].get(fraction) or not cells["standard"].get(fraction):
+                continue
+            d = paired(cells[method][fraction], cells["standard"][fraction])
+            rows.append(f"| {method} | {fraction:.1%} | {difference_text(d) if d else 'no per-item data'} | "
+                        f"{f'{d.p_value:.3g}' if d else '—'} | {d.seeds if d else '—'} |")
+    if not rows:
+        return []
+    return ["", "Against standard fine-tuning at the same data (accuracy points; 95% bootstrap interval over seeds and "
+            "test items, paired; p: paired permutation test over items on seed-averaged correctness):", "",
+            "| method | data | difference [95% interval] | p | paired seeds |", "|---|---|---|---|---|", *rows]
+
+
+def reach(cells: dict, method: str, reference: list[dict], target: float) -> str:
+    """The smallest fraction at which ``method`` reaches ``target`` accuracy, with its paired interval."""
+    for fraction in sorted(cells[method]):
+        lines = cells[method][fraction]
+        if accuracy(lines) >= target - 1e-9:
+            d = paired(lines, reference)
+            return f"{fraction:.1%}" + (f" ({difference_text(d)})" if d else "")
+    return "not reached"
+
+
+def minimum_resources(cells: dict, teacher: list[dict] | None) -> list[str]:
+    """The paper's question: how little data does each method need to pass standard (100%) and the teacher?"""
+    full_standard = cells.get("standard", {}).get(1.0)
+    if not full_standard and not teacher:
+        return []
+    header, columns = ["| method |"], []
+    if full_standard:
+        target = accuracy(full_standard)
+        header.append(f" reaches standard fine-tuning on 100% ({target:.1f}) at |")
+        columns.append((full_standard, target))
+    if teacher:
+        from dsbs.stats import correctness
+
+        target = 100 * float(correctness(teacher[0]["test_correct"]).mean())
+        header.append(f" reaches the teacher's few-shot accuracy on these items ({target:.1f}) at |")
+        columns.append((teacher, target))
+    rows = ["".join(header), "|---|" + "---|" * len(columns)]
+    for method in sorted(cells, key=method_rank):
+        rows.append(f"| {method} | " + " | ".join(reach(cells, method, ref, target) for ref, target in columns) + " |")
+    return ["", f"Minimum resources ({REACH_RULE}):", "", *rows]
+
+
+def caveats(lines: list[dict]) -> str:
+    """What separates these runs from the paper's setting, read from their settings."""
+    first = lines[0]
+    notes = []
+    pool = (first.get("train_settings") or {}).get("pool_size")
+    if pool:
+        notes.append(f"training pool capped at {pool} rows")
+    if first.get("test_limit"):
+        notes.append(f"first {first['test_limit']} test rows")
+    return "; ".join(notes)
+
+
+def markdown(groups: dict) -> str:
+    out = []
+    for (task, student), cells in sorted(groups.items()):
+        some = next(lines for fractions in cells.values() for lines in fractions.values())
+        fractions = sorted({f for fractions in cells.values() for f in fractions})
+        note = caveats(some)
+        out += [f"### {task} — student {student} (test n = {some[0]['test_n']}{'; ' + note if note else ''})", ""]
+        out += accuracy_table(cells, fractions)
+        out += against_standard(cells, fractions)
+        teacher = teacher_lines(cells)
+        out += minimum_resources(cells, teacher)
+        full_teacher, paper = references(Path(task).stem)
+        if full_teacher is not None:
+            out += ["", f"For orientation, not comparable: the teacher (PaLM 540B few-shot CoT) scores {full_teacher:.2f} on "
+                    "the full test set; the paper's T5-Base (220M, another student) trained on the full training set scores "
+                    + ", ".join(f"{m} {v:.2f}" for m, v in paper.items()) + " on the full test set."]
+        out.append("")
+    return "\n".join(out)
+
+
+def cell_interval(lines: list[dict]) -> tuple[float, float, float]:
+    """(mean, minus, plus) for an error bar: the 95% bootstrap interval, or ± std without per-item data."""
+    from dsbs.stats import mean_interval
+
+    m = matrix(lines)
+    if m is not None:
+        mean, low, high = mean_interval(m)
+        return mean, mean - low, high - mean
+    accs = [100 * r["test_accuracy"] for r in lines]
+    spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
+    return statistics.fmean(accs), spread, spread
 
 
 def plot(groups: dict, out: Path) -> list[str]:
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        print("no plots: matplotlib is not installed (pip install 'dsbs[plot]')")
+        return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     files = []
-    for task, student in sorted({(t, s) for t, s, _, _ in groups}):
-        fig, ax = plt.subplots(figsize=(6, 4))
+    for (task, student), cells in sorted(groups.items()):
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
         colors = {}
-        for method in METHOD_ORDER:
-            points = sorted((f, accs) for (t, s, m, f), accs in groups.items() if (t, s, m) == (task, student, method))
-            if not points:
-                continue
+        for method in sorted(cells, key=method_rank):
+            points = sorted(cells[method].items())
             xs = [100 * f for f, _ in points]
-            means = [statistics.fmean(a) for _, a in points]
-            errs = [statistics.stdev(a) if len(a) > 1 else 0.0 for _, a in points]
-            line = ax.errorbar(xs, means, yerr=errs, marker="o", capsize=3, label=method)
+            bars = [cell_interval(lines) for _, lines in points]
+            line = ax.errorbar(xs, [b[0] for b in bars], yerr=[[b[1] for b in bars], [b[2] for b in bars]],
+                               marker="o", capsize=3, label=method)
             colors[method] = line[0].get_color()
-        teacher, paper = references(Path(task).stem)
-        if teacher is not None:
-            ax.axhline(teacher, color="gray", linestyle="--", label="teacher few-shot (PaLM 540B)")
-            for method, value in paper.items():
-                ax.plot([100], [value], marker="*", markersize=12, linestyle="none", color=colors.get(method),
-                        label=f"paper T5-Base {method}")
-        ax.set_xlabel("training data used (%)")
-        ax.set_ylabel("test accuracy (%)")
+        teacher = teacher_lines(cells)
+        if teacher:
+            from dsbs.stats import correctness
+
+            ax.axhline(100 * correctness(teacher[0]["test_correct"]).mean(), color="gray", linestyle="--",
+                       label="teacher few-shot (PaLM 540B), same test items")
+        _, paper = references(Path(task).stem)
+        for method, value in paper.items():
+            ax.plot([100], [value], marker="*", markersize=12, linestyle="none", color=colors.get(method, "black"),
+                    alpha=0.5, label=f"paper: T5-Base {method} (full data, full test set)")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("training data used (% of the pool)")
+        ax.set_ylabel("test accuracy (%), 95% interval")
         ax.set_title(f"{task} — {Path(student).name}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -96,12 +241,14 @@ def report(results: str, output: str | None = None) -> dict:
     path = Path(results)
     if path.is_dir():
         path = path / "results.jsonl"
-    rows = read_appended_jsonl(path)
+    rows = read_appended_jsonl(path, repair=False) if path.is_file() else []
     if not rows:
         raise DataError(f"{path}: no results yet (run `dsbs experiment` first)")
+    from dsbs.files import write_atomic
+
     out = Path(output) if output else path.parent
     out.mkdir(parents=True, exist_ok=True)
-    groups = aggregate(rows)
-    text = f"# Results: {rows[0].get('recipe', path.parent.name)}\n\n" + markdown_table(groups, rows)
-    (out / "report.md").write_text(text)
+    groups = group_results(rows)
+    text = f"# Results: {rows[0].get('recipe', path.parent.name)}\n\n" + markdown(groups)
+    write_atomic(out / "report.md", text)
     return {"report": str(out / "report.md"), "plots": plot(groups, out), "runs": len(rows), "markdown": text}

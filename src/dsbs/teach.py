@@ -301,7 +301,7 @@ def teach(task_config: TaskConfig, config: TeachConfig) -> dict:
                     answers[(i, s)] = answer
                     stats["answered"] += 1
                     stats["tokens"] += (answer.get("prompt_tokens") or 0) + (answer.get("completion_tokens") or 0)
-                    stats["parse_failures"] += task.parse_completion(answer["text"])[1] is None
+                    stats["parse_failures"] += task.read_answer(answer["text"], rows[i])[1] is None
                 bar.update(1)
                 bar.set_postfix(failed=stats["failed"], unparsed=stats["parse_failures"], tokens=stats["tokens"])
     bar.close()
@@ -310,10 +310,13 @@ def teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     for i, row in enumerate(rows):
         got = [answers[(i, s)] for s in range(config.samples)]
         texts = [a["text"] for a in got if "text" in a]
-        rationale, label, agreeing = majority([task.parse_completion(t) for t in texts])
+        parsed = [task.read_answer(t, row)[:2] for t in texts]
+        rationale, label, agreeing = majority(parsed)
+        # the completion written for training is one whose parsed label is the majority's
+        chosen = next((k for k, (_, lab) in enumerate(parsed) if label is not None and lab == label), 0)
         records.append({
             "index": i, "input": row.input, "gold": row.label, "rationale": rationale, "label": label,
-            "agreeing_rationales": agreeing if config.samples > 1 else None, "completions": texts,
+            "agreeing_rationales": agreeing if config.samples > 1 else None, "completions": texts, "chosen": chosen,
             "errors": [a["error"] for a in got if "error" in a],
             "prompt_tokens": sum(a.get("prompt_tokens") or 0 for a in got if "text" in a),
             "completion_tokens": sum(a.get("completion_tokens") or 0 for a in got if "text" in a),
@@ -359,9 +362,8 @@ def write_outputs(task_config: TaskConfig, name: str, split: str, records: list[
             if gold.name == f"{name}_{split}.json":
                 keep = keep[: len(records)]
             _write_atomic(target / gold.name, "".join(keep))
-        completions = [r["completions"][0] if r["completions"] else "" for r in records]
-        if any(len(r["completions"]) > 1 for r in records):  # the loader parses one text per row: the agreeing one
-            completions = [_majority_text(r) for r in records]
+        # the loader parses one text per row: the one whose label won the vote
+        completions = [r["completions"][r["chosen"]] if r["completions"] else "" for r in records]
         _write_atomic(target / "llm" / f"{split}_CoT_0.json", json.dumps(completions, ensure_ascii=False))
         written += [str(target / f"{name}_{split}.json"), str(target / "llm" / f"{split}_CoT_0.json")]
         details = target / "llm" / f"{split}_teacher.jsonl"
@@ -374,9 +376,3 @@ def write_outputs(task_config: TaskConfig, name: str, split: str, records: list[
         details = output / f"{name}_{split}_teacher.jsonl"
     _write_atomic(details, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return written + [str(details)]
-
-
-def _majority_text(record: dict) -> str:
-    if record["label"] is None or not record["completions"]:
-        return record["completions"][0] if record["completions"] else ""
-    return next((t for t in record["completions"] if record["label"] in t), record["completions"][0])

@@ -50,7 +50,7 @@ class TrainConfig:
     lora_rank: int = field(default=0, metadata={"help": "0: train every weight; N: train rank-N LoRA adapters on every linear layer (the peft package) and save the merged model"})
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (the update is scaled by lora_alpha / lora_rank)"})
     fsdp: bool = field(default=False, metadata={"help": "under accelerate launch/torchrun: shard weights, gradients and optimizer state over the processes (FSDP2), for students too large for one device"})
-    precision: str = field(default="auto", metadata={"help": "fp32, bf16 (autocast, fp32 master weights) or auto (bf16 where the hardware supports it)"})
+    precision: str = field(default="auto", metadata={"help": "fp32, bf16 (autocast, fp32 master weights) or auto (bf16 on GPUs that support it; on a CPU whichever a short matmul measurement, cached per machine, finds faster)"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --output"})
     keep_checkpoints: bool = field(default=True, metadata={"help": "keep the last checkpoint (weights + optimizer) after the run ends; model/ is always kept"})
 
@@ -85,25 +85,6 @@ def select_rows(pool: list, config: TrainConfig) -> tuple[list, list]:
         train_rows = subsample(train_rows, config.pool_size / len(train_rows), seed=0)
     train_rows = subsample(train_rows, config.data_fraction, config.seed)
     return train_rows, val_rows[: config.eval_limit] if config.eval_limit else val_rows
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """auto: bf16 on a GPU that supports it and on CPUs with AMX tiles; fp32 elsewhere.
-
-    On our 2-core AVX512-BF16 CPU (no AMX) a bf16 matmul runs at 153-183 GFLOP/s against 285-311
-    for fp32 and bf16 training was 40% slower (BENCHMARKS.md), so bf16 is opt-in there.
-    """
-    if precision != "auto":
-        return precision
-    import torch
-
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "fp32"
-    return "bf16" if "amx_bf16" in flags else "fp32"
 
 
 def batch_indices(n: int, batch_size: int, seed: int, micro_step: int) -> list[int]:
@@ -258,6 +239,7 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
     import torch
     from tqdm.auto import tqdm
 
+    from dsbs.hardware import resolve_precision
     from dsbs.models import is_seq2seq, load_student
 
     from accelerate import Accelerator
@@ -429,7 +411,8 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
         task_weights.append((RATIONALE_TASK, 1 - config.alpha, "rationale_loss"))
     autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16")
     model.train()
-    sums = {"loss": 0.0, "label_loss": 0.0, "rationale_loss": 0.0, "tokens": 0, "seconds": 0.0}
+    sums = {"loss": 0.0, "label_loss": 0.0, "rationale_loss": 0.0, "tokens": 0, "seconds": 0.0, "steps": 0}
+    session = {"tokens": 0, "target_tokens": 0, "seconds": 0.0}  # this process's run, for throughput and MFU
     started = time.perf_counter()
     bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", disable=not main)
     while step < max_steps:
@@ -481,9 +464,13 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
         sums["loss"] += sum(weight * loss_sums[task_id].item() for task_id, weight, _ in task_weights)
         sums["tokens"] += loss_sums[2].item()
         sums["seconds"] += time.perf_counter() - step_start
+        sums["steps"] += 1
+        session["tokens"] += int(loss_sums[2].item())
+        session["target_tokens"] += sum(global_tokens.values())
+        session["seconds"] += time.perf_counter() - step_start
         bar.update(1)
         if main and (step % config.log_interval == 0 or step == max_steps):
-            n = config.log_interval if step % config.log_interval == 0 else step % config.log_interval
+            n = sums["steps"]  # steps since the last log line: fewer after a resume between two lines
             log({"step": step, "loss": sums["loss"] / n, "label_loss": sums["label_loss"] / n,
                  "rationale_loss": sums["rationale_loss"] / n, "lr": lr,
                  "tokens": int(sums["tokens"]), "tokens_per_s": sums["tokens"] / sums["seconds"]})
@@ -498,7 +485,11 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
     last_weights = gather()[0] if best["accuracy"] is None else None
     summary = {"steps": step, "max_steps": max_steps, "best_validation_accuracy": best["accuracy"],
                "best_step": best["step"], "train_examples": len(groups), "validation_examples": len(val_rows),
-               "processes": world, "seconds_this_session": round(time.perf_counter() - started, 1)}
+               "processes": world, "seconds_this_session": round(time.perf_counter() - started, 1),
+               "train_seconds_this_session": round(session["seconds"], 2), "tokens_this_session": session["tokens"],
+               "target_tokens_this_session": session["target_tokens"],
+               "parameters": sum(p.numel() for p in model.parameters()),
+               "embedding_parameters": model.get_input_embeddings().weight.numel()}
     if not main:
         return summary
     if best["accuracy"] is None:  # no validation rows: the last weights are the model

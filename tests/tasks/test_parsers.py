@@ -3,12 +3,22 @@
 import pytest
 
 from dsbs.tasks import anli1, cqa, esnli, svamp
+from dsbs.tasks.common import Example, read_teacher_answer
 
 
 def test_cqa_parses_choice_text_and_cuts_next_example():
     completion = ("The answer must be a place. Only wooded areas fit. So the answer is (c) wooded area.\n\n"
                   "Q: What is the best way?\nAnswer Choices:\n(a) x\nA: ... So the answer is (a) x.")
     assert cqa.parse_completion(completion) == ("The answer must be a place. Only wooded areas fit.", "wooded area")
+
+
+def test_cqa_teacher_label_must_name_one_of_the_rows_choices():
+    row = Example(input="q", label="Fitness center", choices=("gym", "Istanbul", "country club", "Fitness center", "x"))
+    read = lambda text: read_teacher_answer(cqa.parse_completion, cqa.choice_label, text, row)
+    assert read("It is a city. So the answer is (b) istanbul.") == ("It is a city.", "Istanbul", "istanbul")
+    assert read("Sport. So the answer is either (c) country club or (d) fitness center.") == (
+        None, None, "country club or (d) fitness center")
+    assert read("Sport. So the answer is (d) Fitness  center.")[1] == "Fitness center"
 
 
 @pytest.mark.parametrize("bad", ["No conclusion here.", "So the answer is wooded area.", "", "So the answer is (c)"])

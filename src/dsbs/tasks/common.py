@@ -24,9 +24,15 @@ class Example:
     input: str
     label: str | None = None
     rationale: str | None = None
-    teacher_label: str | None = None
+    teacher_label: str | None = None  # in the task's label space: what training uses
     completion: str | None = None
     id: str = ""
+    choices: tuple[str, ...] | None = None  # multiple choice: the row's options, verbatim
+    teacher_answer: str | None = None  # the label as the teacher wrote it: what the paper scores
+
+
+def keep_label(label: str, example: Example) -> str | None:
+    return label
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,23 @@ class Task:
     train_split: str = "train"
     test_split: str = "test"
     label_is_valid: Callable[[str], bool] = bool  # a student answer we could score at all
+    # The teacher's label in the task's label space given its row (a CQA answer matched to one of
+    # the row's choices), or None when it names none: such an answer is a parse failure.
+    canonical_label: Callable[[str, Example], str | None] = keep_label
+
+    def read_answer(self, completion: str, example: Example) -> tuple[str | None, str | None, str | None]:
+        """(rationale, label to train on, label as written) of a teacher completion for ``example``.
+
+        An answer without a usable label keeps neither: its reasoning is untrustworthy too.
+        """
+        return read_teacher_answer(self.parse_completion, self.canonical_label, completion, example)
+
+
+def read_teacher_answer(parse_completion, canonical_label, completion: str, example: Example):
+    """Task.read_answer for a parser and a canonicaliser not yet bound in a Task."""
+    rationale, written = parse_completion(completion)
+    label = None if written is None else canonical_label(written, example)
+    return (rationale if label is not None else None), label, written
 
 
 def normalize_text_label(label: str) -> str:
@@ -118,11 +141,12 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             yield number, obj
 
 
-def read_appended_jsonl(path: Path) -> list[dict]:
+def read_appended_jsonl(path: Path, repair: bool = True) -> list[dict]:
     """The complete lines of a JSONL file that the tool appends to as work finishes.
 
-    A kill can cut only the last line, so a last line that is not valid JSON is dropped from the
-    file (its work is redone); an invalid line anywhere else is an error.
+    A kill can cut only the last line, so a last line that is not valid JSON is dropped (from the
+    file too when ``repair``: the writer's next start redoes its work; a reader leaves the file
+    alone); an invalid line anywhere else is an error.
     """
     path = Path(path)
     if not path.is_file():
@@ -134,7 +158,10 @@ def read_appended_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             if number != len(lines):
                 raise DataError(f"{path}:{number}: invalid JSON") from None
-            path.write_text("".join(kept + "\n" for kept in lines[:-1]), encoding="utf-8")
+            if repair:
+                from dsbs.files import write_atomic
+
+                write_atomic(path, "".join(kept + "\n" for kept in lines[:-1]))
     return records
 
 
@@ -194,15 +221,19 @@ def load_paper_split(
     data_dir: Path,
     name: str,
     split: str,
-    parse_row: Callable[[dict, str], tuple[str, str]],
+    parse_row: Callable[[dict, str], dict],
     parse_completion: Callable[[str], tuple[str | None, str | None]],
+    canonical_label: Callable[[str, Example], str | None] = keep_label,
 ) -> list[Example]:
-    """Gold rows of ``{name}/{name}_{split}.json`` aligned by position with the teacher's completions."""
+    """Gold rows of ``{name}/{name}_{split}.json`` aligned by position with the teacher's completions.
+
+    ``parse_row`` gives a row's Example fields (input, label, choices where the task has them).
+    """
     path = Path(data_dir) / name / f"{name}_{split}.json"
     examples = []
     for number, row in read_jsonl(path):
-        text, label = parse_row(row, f"{path}:{number}")
-        examples.append(Example(input=text, label=label, id=str(row.get("id", row.get("uid", number)))))
+        fields = parse_row(row, f"{path}:{number}")
+        examples.append(Example(**fields, id=str(row.get("id", row.get("uid", number)))))
     completions = read_completions(Path(data_dir) / name / "llm", split)
     if completions is not None:
         if len(completions) != len(examples):
@@ -212,16 +243,16 @@ def load_paper_split(
             )
         for example, completion in zip(examples, completions):
             example.completion = completion
-            example.rationale, example.teacher_label = parse_completion(completion)
-            if example.teacher_label is None:
-                example.rationale = None  # an unparsable answer makes its reasoning untrustworthy too
+            example.rationale, example.teacher_label, example.teacher_answer = read_teacher_answer(
+                parse_completion, canonical_label, completion, example)
     return examples
 
 
 def paper_task(name: str, data_dir, parse_row, parse_completion, labels_match, **settings) -> Task:
     """A Task over the paper's released layout in ``data_dir`` (resolved as resolve_data_dir does)."""
     root = resolve_data_dir(data_dir)
-    load = partial(load_paper_split, root, name, parse_row=parse_row, parse_completion=parse_completion)
+    load = partial(load_paper_split, root, name, parse_row=parse_row, parse_completion=parse_completion,
+                   canonical_label=settings.get("canonical_label", keep_label))
     return Task(name=name, load=load, parse_completion=parse_completion, labels_match=labels_match, **settings)
 
 

@@ -1,7 +1,8 @@
 """CommonsenseQA with CoS-E: five-way multiple choice; the label is the chosen answer's text."""
 
 import re
-from dsbs.tasks.common import DataError, Task, cut_at_next_example, field, paper_task, split_on_marker, text_labels_match
+from dsbs.tasks.common import (DataError, Example, Task, cut_at_next_example, field, normalize_text_label, paper_task,
+                               split_on_marker, text_labels_match)
 
 NAME = "cqa"
 # Reference points for reports: PaLM 540B few-shot CoT accuracy on the full test set (scored from the
@@ -19,12 +20,25 @@ def format_input(question: str, choices: list[str]) -> str:
     return "\n".join(lines)
 
 
-def parse_row(row: dict, where: str) -> tuple[str, str]:
+def parse_row(row: dict, where: str) -> dict:
     question = field(row, "question", str, where)
     choices = field(row, "choices", list, where)
     if len(choices) != 5 or not all(isinstance(c, str) for c in choices):
         raise DataError(f"{where}: field 'choices' should be a list of 5 strings")
-    return format_input(question, choices), field(row, "answer", str, where)
+    return {"input": format_input(question, choices), "label": field(row, "answer", str, where),
+            "choices": tuple(choices)}
+
+
+def choice_label(label: str, example: Example) -> str | None:
+    """The row's own choice text that the teacher's label names, matched case-insensitively.
+
+    PaLM sometimes names two choices ("(c) country club or (d) fitness center") or changes case
+    ("istanbul"); the first matches no choice and is no label to train on, the second is the
+    choice "Istanbul".
+    """
+    wanted = normalize_text_label(label).casefold()
+    matches = [c for c in example.choices or () if normalize_text_label(c).casefold() == wanted]
+    return matches[0] if matches else None
 
 
 def parse_completion(completion: str) -> tuple[str | None, str | None]:
@@ -38,4 +52,5 @@ def parse_completion(completion: str) -> tuple[str | None, str | None]:
 
 
 def task(data_dir=None) -> Task:
-    return paper_task(NAME, data_dir, parse_row, parse_completion, text_labels_match, label_max_tokens=16)
+    return paper_task(NAME, data_dir, parse_row, parse_completion, text_labels_match, label_max_tokens=16,
+                      canonical_label=choice_label)

@@ -14,11 +14,12 @@ def format_input(premise: str, hypothesis: str) -> str:
     return f"Premise: {premise}\nHypothesis: {hypothesis}"
 
 
-def parse_nli_row(row: dict, where: str) -> tuple[str, str]:
+def parse_nli_row(row: dict, where: str) -> dict:
     label = field(row, "label", int, where)
     if label not in range(len(NLI_LABELS)):
         raise DataError(f"{where}: field 'label' should be 0, 1 or 2, got {label}")
-    return format_input(field(row, "premise", str, where), field(row, "hypothesis", str, where)), NLI_LABELS[label]
+    return {"input": format_input(field(row, "premise", str, where), field(row, "hypothesis", str, where)),
+            "label": NLI_LABELS[label]}
 
 
 def nli_label(answer: str | None) -> str | None:

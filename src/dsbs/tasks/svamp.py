@@ -17,11 +17,11 @@ PAPER_T5_BASE = {"standard": 62.63, "dsbs": 65.5}
 _EQUATION = re.compile(r"\(.*\)", re.DOTALL)
 
 
-def parse_row(row: dict, where: str) -> tuple[str, str]:
+def parse_row(row: dict, where: str) -> dict:
     """The released rows already join body and question with a newline, as the paper's input."""
     text, label = field(row, "input", str, where), field(row, "label", str, where)
     try:
-        return text, compact_equation(label)
+        return {"input": text, "label": compact_equation(label)}
     except EquationError as err:
         raise DataError(f"{where}: field 'label' is not an arithmetic expression we can score ({err})") from None
 

@@ -1,0 +1,86 @@
+"""How long a recipe's grid takes on a GPU, from FLOPs: no GPU is needed to size it.
+
+Encodes each task's training items for the recipe's student exactly as `dsbs train` does, counts
+the FLOPs of one optimizer step per method (6 per parameter per token through the transformer,
+attention included, the output head only on target positions) and divides by an assumed share of
+the card's bf16 peak. Also counts the test evaluation's generation (2 FLOPs per parameter per
+token). Prints one line per cell kind and the grid's total.
+
+    python benchmarks/size_gpu_grid.py recipes/gpu-smollm2.yaml --data-dir ../shared/datasets
+"""
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+
+def example_flops(model_config, items: list[dict]) -> float:
+    """Training FLOPs of one example's items (forward + backward = 3 x forward)."""
+    d, layers = model_config.hidden_size, model_config.num_hidden_layers
+    ffn, vocab = model_config.intermediate_size, model_config.vocab_size
+    kv = d * model_config.num_key_value_heads // model_config.num_attention_heads
+    per_token = layers * 2 * (d * d * 2 + d * kv * 2 + 3 * d * ffn)  # q, o, k, v projections and the gated MLP
+    total = 0.0
+    for item in items:
+        n, targets = len(item["input_ids"]), item["n_target"]
+        attention = layers * 2 * 2 * n * n * d / 2  # QK^T and AV over a causal triangle
+        total += 3 * (n * per_token + attention + targets * 2 * d * vocab)
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("recipe")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--peak-tflops", type=float, default=800.0, help="the card's dense bf16 peak")
+    parser.add_argument("--mfu", type=float, default=0.12, help="assumed share of the peak in eager mode")
+    parser.add_argument("--sample", type=int, default=1000, help="examples per task to average over")
+    args = parser.parse_args()
+
+    from dsbs.batching import encode_item, items_for
+    from dsbs.experiment import load_recipe
+    from dsbs.models import is_seq2seq, load_student
+    from dsbs.tasks import get_task
+    from dsbs.train import select_rows
+
+    recipe = load_recipe(args.recipe)
+    rate = args.peak_tflops * 1e12 * args.mfu
+    model, tokenizer = load_student(recipe.students[0])
+    seq2seq = is_seq2seq(model.config)
+    params = sum(p.numel() for p in model.parameters())
+    total_seconds, cells = 0.0, 0
+    print(f"{'task':>6} {'method':>9} {'steps':>6} {'tok/ex':>7} {'GFLOP/ex':>9} {'s/cell':>7} {'test s':>7}")
+    for task_name in recipe.tasks:
+        run = {"task": task_name, "method": "dsbs", "fraction": 1.0, "student": recipe.students[0], "seed": 0}
+        task_config, train_config = recipe.configs({**run, "task": task_name})
+        if args.data_dir:
+            task_config.data_dir = args.data_dir
+        task = get_task(task_config)
+        pool = task.load(train_config.train_split or task.train_split)
+        rows = select_rows(pool, train_config)[0][: args.sample]
+        test_rows = task.load(task.test_split)[: recipe.test_limit or None]
+        test_tokens = statistics.fmean(len(tokenizer(e.input)["input_ids"]) for e in test_rows[:500]) + task.label_max_tokens
+        test_seconds = 2 * params * test_tokens * len(test_rows) / rate
+        for method in recipe.methods:
+            _, config = recipe.configs({**run, "method": method})
+            encoded = [[encode_item(tokenizer, item, seq2seq, config.max_input_tokens, config.max_target_tokens)
+                        for item in items_for(e, method, config.label_source)] for e in rows]
+            encoded = [g for g in encoded if g]
+            flops = statistics.fmean(example_flops(model.config, g) for g in encoded)
+            tokens = statistics.fmean(sum(len(i["input_ids"]) for i in g) for g in encoded)
+            step_seconds = flops * config.batch_size / rate
+            cell = step_seconds * config.max_steps + test_seconds
+            n = len(recipe.fractions) * len(recipe.seeds)
+            total_seconds += n * cell
+            cells += n
+            print(f"{task_name:>6} {method:>9} {config.max_steps:>6} {tokens:>7.1f} {flops / 1e9:>9.2f} "
+                  f"{cell:>7.1f} {test_seconds:>7.1f}")
+    print(f"cells={cells} compute_seconds={total_seconds:.0f} at {args.mfu:.0%} of {args.peak_tflops:.0f} TFLOP/s "
+          "(validation, loading and process start come on top)")
+
+
+if __name__ == "__main__":
+    main()

@@ -27,8 +27,9 @@ def main() -> None:
     parser.add_argument("--teacher-items", type=int, default=8)
     args = parser.parse_args()
 
-    from dsbs.inference import generate, read_meta
     from dsbs.batching import LABEL_TASK, RATIONALE_TASK, prompt_text
+    from dsbs.checkpoint import read_meta
+    from dsbs.inference import generate
     from dsbs.models import load_student
     from dsbs.tasks import TaskConfig, get_task
 

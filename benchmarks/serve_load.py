@@ -15,7 +15,9 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.servers
 
 def post(url: str, text: str) -> float:
     started = time.perf_counter()
@@ -34,9 +36,9 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=90, help="stop a level after this long")
     args = parser.parse_args()
 
-    from dsbs.inference import read_meta
-    from dsbs.loopback import free_port, wait_until_up
+    from dsbs.checkpoint import read_meta
     from dsbs.tasks import TaskConfig, get_task
+    from tests.servers import free_port, wait_until_up
 
     texts = [e.input for e in get_task(TaskConfig(task=read_meta(args.model)["task"])).load("test")]
     port = free_port()

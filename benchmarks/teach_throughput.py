@@ -10,14 +10,19 @@ plain HTTP requests and (b) through `dsbs teach` with an empty cache, and finall
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.servers
 
 from dsbs.prompts import completion_prompt, load_prompt
 from dsbs.tasks import TaskConfig, get_task
-from dsbs.teach import TeachConfig, start_llama_server, teach
+from dsbs.teach import TeachConfig, teach
+from tests.servers import start_llama_server
 
 
 def bare_loop(url: str, prompts: list[str], max_tokens: int, stop: list[str], concurrency: int) -> float:

@@ -59,6 +59,31 @@ def tiny_seq2seq(tmp_path_factory) -> str:
     return str(build_tiny_student(tmp_path_factory.mktemp("tiny-t5"), seq2seq=True))
 
 
+@pytest.fixture(scope="session")
+def trained_student(tiny_causal, tmp_path_factory) -> str:
+    """A tiny causal student after 3 dsbs steps on the demo task: the model/ directory `dsbs train` saves."""
+    from dsbs.configs import TrainConfig
+    from dsbs.tasks import TaskConfig
+    from dsbs.train import train
+
+    output = tmp_path_factory.mktemp("trained")
+    train(TaskConfig(task="demo"), TrainConfig(student=tiny_causal, output=str(output), max_steps=3, batch_size=4,
+                                               eval_limit=4, precision="fp32", max_input_tokens=64,
+                                               max_target_tokens=32))
+    return str(output / "model")
+
+
 @pytest.fixture(params=["causal", "seq2seq"])
 def tiny_student(request, tiny_causal, tiny_seq2seq) -> str:
     return tiny_causal if request.param == "causal" else tiny_seq2seq
+
+
+def run_dsbs(*args: str, check: bool = True, **kwargs):
+    """`python -m dsbs ARGS` in a fresh process: the CLI as a user runs it (stdout and stderr captured)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "dsbs", *args], capture_output=True, text=True, **kwargs)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result

@@ -1,9 +1,18 @@
 """Each method's items, the loss masks of both model families, and the two-task loss."""
 
+import typing
+
+import pytest
 from transformers import AutoTokenizer
 
 from dsbs.batching import (
-    IGNORE_INDEX, LABEL_TASK, RATIONALE_TASK, collate, encode_item, items_for, parse_single_task_output,
+    IGNORE_INDEX,
+    LABEL_TASK,
+    RATIONALE_TASK,
+    collate,
+    encode_item,
+    items_for,
+    parse_single_task_output,
 )
 from dsbs.tasks.common import Example
 
@@ -57,4 +66,17 @@ def test_collate_pads_with_ignored_labels():
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
-    assert batch["task"].tolist() == [0, 1]
+    assert set(batch) == {"input_ids", "attention_mask", "labels"}
+
+
+def test_every_method_is_one_record_that_training_and_inference_read():
+    from dsbs.configs import MethodName
+    from dsbs.methods import METHOD_NAMES, get_method
+
+    assert typing.get_args(MethodName) == METHOD_NAMES
+    assert get_method("dsbs").loss_weights(0.8) == {LABEL_TASK: 0.8, RATIONALE_TASK: pytest.approx(0.2)}
+    assert get_method("dsbs").loss_weights(0.8, rationale_weight=0.5) == {LABEL_TASK: 1.0, RATIONALE_TASK: 0.5}
+    assert get_method("standard").loss_weights(0.8) == {LABEL_TASK: 1.0}
+    assert [m for m in METHOD_NAMES if get_method(m).answers_with_rationale] == ["single_task"]
+    with pytest.raises(ValueError, match="unknown method 'dsbss'"):
+        get_method("dsbss")

@@ -1,21 +1,42 @@
-import subprocess
+"""The command line: instant help, user errors as one line, internal bugs with their traceback."""
+
 import sys
+
+from tests.conftest import run_dsbs
 
 
 def test_help_imports_nothing_heavy():
-    code = "import sys; from dsbs.cli import build_parser; build_parser(); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    import subprocess
+
+    code = ("import sys; from dsbs.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'numpy') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
 
 def test_user_error_is_a_message_not_a_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "dsbs", "data", "inspect", "--task", "svamp", "--data-dir", str(tmp_path / "nowhere")],
-                            capture_output=True, text=True)
+    result = run_dsbs("data", "inspect", "--task", "svamp", "--data-dir", str(tmp_path / "nowhere"), check=False)
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_invalid_setting_is_reported(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "dsbs", "train", "--task", "demo", "--method", "magic", "--output", str(tmp_path)],
-                            capture_output=True, text=True)
-    assert result.returncode == 2 and "method must be one of standard, distill, dsbs, single_task" in result.stderr
+def test_choices_come_from_the_configs(tmp_path):
+    result = run_dsbs("train", "--task", "demo", "--method", "magic", "--output", str(tmp_path), check=False)
+    assert result.returncode == 2
+    assert "invalid choice: 'magic' (choose from 'standard', 'distill', 'dsbs', 'single_task')" in result.stderr
+    assert "--task TASK" in run_dsbs("train", "--help").stdout and "svamp" in run_dsbs("train", "--help").stdout
+
+
+def test_an_internal_bug_keeps_its_traceback(monkeypatch, capsys):
+    from dsbs import cli
+
+    def broken(args):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setitem(cli.COMMANDS, "report", (broken, "x", []))
+    try:
+        cli.main(["report"])
+    except ValueError as err:
+        assert str(err) == "an internal bug"
+    else:
+        raise AssertionError("a ValueError from dsbs's own code must not be shown as a user error")

@@ -41,7 +41,7 @@ def test_two_processes_match_one(sharding, seq2seq, tiny_causal, tiny_seq2seq, t
     logs = {name: [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines() if '"loss"' in line]
             for name in ("one", "two")}
     assert [r["step"] for r in logs["two"]] == list(range(1, 7))
-    for a, b in zip(logs["one"], logs["two"]):
+    for a, b in zip(logs["one"], logs["two"], strict=True):
         assert abs(a["loss"] - b["loss"]) < 1e-4 and a["tokens"] == b["tokens"]
     one_w, two_w = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
     assert one_w.keys() == two_w.keys()

@@ -1,36 +1,35 @@
 """evaluate and predict on a briefly trained tiny student."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from dsbs.evaluate import evaluate
-from dsbs.tasks import TaskConfig
-from dsbs.train import TrainConfig, train
+from dsbs.tasks import TaskConfig, demo
+from tests.conftest import run_dsbs
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_causal, tmp_path_factory) -> str:
-    output = tmp_path_factory.mktemp("run")
-    train(TaskConfig(task="demo"), TrainConfig(student=tiny_causal, output=str(output), max_steps=3, batch_size=4,
-                                               eval_limit=4, precision="fp32", max_input_tokens=64, max_target_tokens=32))
-    return str(output / "model")
+@pytest.fixture
+def trained(trained_student) -> str:
+    return trained_student
 
 
 def test_evaluate_writes_predictions_and_metrics(trained, tmp_path):
-    metrics = evaluate(trained, TaskConfig(task="demo"), split="test", limit=6, output=str(tmp_path), with_rationale=True)
+    metrics = evaluate(trained, TaskConfig(task="demo"), split="test", limit=6, output=str(tmp_path),
+                       with_rationale=True)
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert saved["n"] == 6 and saved["accuracy"] == metrics["accuracy"] and 0 <= saved["accuracy"] <= 1
     records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 6 and {"input", "gold", "label", "rationale", "correct", "parsed"} <= set(records[0])
-    assert saved["correct"] == sum(r["correct"] for r in records)
-    assert saved["parse_failures"] == sum(not r["parsed"] for r in records)
+    rescored = [demo.task().labels_match(r["label"], r["gold"]) for r in records]
+    assert [r["correct"] for r in records] == rescored and [r["gold"] for r in records] == [
+        e.label for e in demo.load("test")[:6]]
+    assert saved["n"] == 6 and saved["correct"] == sum(rescored) and saved["accuracy"] == sum(rescored) / 6
+    assert saved["correct_vector"] == "".join("1" if ok else "0" for ok in rescored)
+    assert saved["parse_failures"] == sum(not r["parsed"] for r in records) and metrics["n"] == 6
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "dsbs", *args], capture_output=True, text=True)
+    return run_dsbs(*args, check=False)
 
 
 def test_predict_streams_jsonl_and_reports_bad_lines(trained, tmp_path):

@@ -1,11 +1,10 @@
 """Recipes -> runs -> results -> report, on tiny students; every shipped recipe is validated."""
 
+import json
+import time
 from pathlib import Path
 
 import pytest
-
-import json
-import time
 
 from dsbs.experiment import load_recipe, run_experiment, run_name
 from dsbs.report import report

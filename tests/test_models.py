@@ -34,7 +34,8 @@ def test_minilm_student_is_warm_started_from_the_packaged_encoder(minilm_dir):
 
 
 def test_minilm_student_trains_and_answers(minilm_dir, tmp_path):
-    from dsbs.inference import predict, read_meta
+    from dsbs.checkpoint import read_meta
+    from dsbs.inference import predict
     from dsbs.models import MINILM_STUDENT, load_student
     from dsbs.tasks import TaskConfig
     from dsbs.train import TrainConfig, train

@@ -7,24 +7,21 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-import openai
 import pytest
 
-from dsbs.loopback import free_port, wait_until_up
-from dsbs.tasks import TaskConfig
-from dsbs.train import TrainConfig, train
+openai = pytest.importorskip("openai", reason="the OpenAI-compatibility tests use the openai client: pip install -e '.[dev]'")
+pytest.importorskip("fastapi", reason="dsbs serve needs: pip install 'dsbs[serve]'")
+
+from tests.servers import free_port, wait_until_up
 
 
 @pytest.fixture(scope="module")
-def service(tiny_causal, tmp_path_factory):
+def service(trained_student):
     import uvicorn
 
     from dsbs.serve import create_app
 
-    output = tmp_path_factory.mktemp("served")
-    train(TaskConfig(task="demo"), TrainConfig(student=tiny_causal, output=str(output), max_steps=2, batch_size=2,
-                                               eval_limit=2, precision="fp32", max_input_tokens=64, max_target_tokens=16))
-    app = create_app(str(output / "model"), max_inputs=8, max_input_chars=200)
+    app = create_app(trained_student, max_inputs=8, max_input_chars=200)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

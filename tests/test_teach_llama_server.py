@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.slow, needs_data]
 @pytest.fixture(scope="module")
 def llama_server():
     pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server]: pip install -e '.[llama]'")
-    from dsbs.teach import start_llama_server
+    from tests.servers import start_llama_server
 
     process, url = start_llama_server()
     yield url

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dsbs.batching import METHODS
+from dsbs.methods import METHOD_NAMES
 from dsbs.tasks import TaskConfig
 from dsbs.tasks.common import DataError
 from dsbs.train import TrainConfig, batch_indices, select_rows, train
@@ -34,7 +34,7 @@ def log_records(output: Path) -> list[dict]:
     return [json.loads(line) for line in (output / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", METHOD_NAMES)
 def test_every_method_trains_and_saves_a_plain_transformers_model(method, tiny_student, tmp_path):
     from transformers import AutoConfig
 

@@ -7,10 +7,9 @@ and generation, so a trained student sees at inference exactly the tokens it was
 
 from dataclasses import dataclass
 
+from dsbs.methods import LABEL_TASK, RATIONALE_TASK, Method, get_method
 from dsbs.tasks.common import SINGLE_TASK_MARKER, Example
 
-METHODS = ("standard", "distill", "dsbs", "single_task")
-LABEL_TASK, RATIONALE_TASK = 0, 1
 PREFIXES = {LABEL_TASK: "[label] ", RATIONALE_TASK: "[rationale] "}
 IGNORE_INDEX = -100
 
@@ -26,24 +25,22 @@ def prompt_text(text: str, task: int = LABEL_TASK) -> str:
     return PREFIXES[task] + text
 
 
-def training_label(example: Example, method: str, label_source: str) -> str | None:
-    """The label a method trains on: gold for standard, the teacher's for distill, else as chosen."""
-    if method == "standard":
-        return example.label
-    if method == "distill":
-        return example.teacher_label
-    return example.teacher_label if label_source == "teacher" else example.label
+def training_label(example: Example, method: Method, label_source: str) -> str | None:
+    """The label a method trains on: gold, the teacher's, or as --label-source chooses."""
+    source = label_source if method.labels == "chosen" else method.labels
+    return example.teacher_label if source == "teacher" else example.label
 
 
-def items_for(example: Example, method: str, label_source: str = "gold") -> list[Item]:
+def items_for(example: Example, method: Method | str, label_source: str = "gold") -> list[Item]:
     """The items one example contributes; empty when the method has nothing to learn from it."""
+    method = get_method(method) if isinstance(method, str) else method
     label = training_label(example, method, label_source)
-    if method == "single_task":
+    if method.rationale == "target":
         if label is None or example.rationale is None:
             return []
         return [Item(LABEL_TASK, prompt_text(example.input), example.rationale + SINGLE_TASK_MARKER + label)]
     items = [] if label is None else [Item(LABEL_TASK, prompt_text(example.input), label)]
-    if method == "dsbs" and example.rationale is not None:
+    if method.rationale == "task" and example.rationale is not None:
         items.append(Item(RATIONALE_TASK, prompt_text(example.input, RATIONALE_TASK), example.rationale))
     return items
 
@@ -81,7 +78,7 @@ def encode_item(tokenizer, item: Item, seq2seq: bool, max_input: int, max_target
 
 
 def collate(features: list[dict], pad_id: int, seq2seq: bool) -> dict:
-    """Right-padded tensors: input_ids, attention_mask, labels (-100 on padding) and task ids."""
+    """Right-padded tensors: input_ids, attention_mask and labels (-100 on padding)."""
     import torch
 
     width = max(len(f["input_ids"]) for f in features)
@@ -94,9 +91,4 @@ def collate(features: list[dict], pad_id: int, seq2seq: bool) -> dict:
         input_ids[row, :n] = torch.tensor(f["input_ids"])
         attention_mask[row, :n] = 1
         labels[row, : len(f["labels"])] = torch.tensor(f["labels"])
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "labels": labels,
-        "task": torch.tensor([f["task"] for f in features]),
-    }
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}

@@ -10,10 +10,10 @@ import time
 import zipfile
 from pathlib import Path
 
+from dsbs.configs import PAPER_DATA_URL
+from dsbs.errors import DataError
 from dsbs.tasks import TaskConfig, get_task
-from dsbs.tasks.common import DataError
 
-PAPER_DATA_URL = "https://github.com/google-research/distilling-step-by-step/raw/main/datasets.zip"
 MANIFEST = ".dsbs-complete.json"  # written last: its presence means the unpacked tree is whole
 
 
@@ -122,7 +122,7 @@ def inspect(task_config: TaskConfig, split: str | None = None) -> dict:
     graded = [e for e in answered if e.label is not None]
     # scored as the paper scores it: the label as the teacher wrote it, matched exactly
     written = [e.teacher_answer if e.teacher_answer is not None else e.teacher_label for e in graded]
-    correct = sum(w is not None and task.labels_match(w, e.label) for w, e in zip(written, graded))
+    correct = sum(w is not None and task.labels_match(w, e.label) for w, e in zip(written, graded, strict=True))
     lengths = [len(e.rationale.split()) for e in rows if e.rationale]
     report = {
         "task": task.name, "split": split, "rows": len(rows), "labeled_rows": sum(e.label is not None for e in rows),

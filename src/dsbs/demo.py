@@ -8,14 +8,16 @@ a table. It demonstrates the pipeline; its numbers say nothing about the real be
 import json
 from pathlib import Path
 
+from dsbs.configs import DemoConfig, TrainConfig
 from dsbs.evaluate import evaluate
 from dsbs.tasks import TaskConfig
-from dsbs.train import TrainConfig, train
+from dsbs.train import train
 
 DEMO_METHODS = ("standard", "dsbs")
 
 
-def run_demo(output: str = "runs/demo", student: str = "smollm2-135m", max_steps: int = 40) -> list[dict]:
+def run_demo(demo: DemoConfig) -> list[dict]:
+    output, student, max_steps = demo.output, demo.student, demo.max_steps
     task_config = TaskConfig(task="demo")
     rows = []
     for method in DEMO_METHODS:

@@ -19,7 +19,8 @@ def teacher_vector(task, rows) -> str | None:
 def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, limit: int | None = None,
              batch_size: int = 16, output: str | None = None, with_rationale: bool = False) -> dict:
     """Accuracy of the student in ``model_dir``; writes predictions.jsonl and metrics.json to ``output``."""
-    from dsbs.inference import predict, read_meta
+    from dsbs.checkpoint import read_meta
+    from dsbs.inference import predict
     from dsbs.models import load_student
 
     meta = read_meta(model_dir)
@@ -32,7 +33,7 @@ def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, 
                           batch_size=batch_size, progress=True)
     seconds = time.perf_counter() - started
     records, correct, failures = [], 0, 0
-    for example, prediction in zip(rows, predictions):
+    for example, prediction in zip(rows, predictions, strict=True):
         gold = example.label if example.label is not None else example.teacher_label
         ok = gold is not None and task.labels_match(prediction["label"], gold)
         valid = task.label_is_valid(prediction["label"])

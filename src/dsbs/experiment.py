@@ -24,10 +24,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dsbs.configs import TrainConfig, option
+from dsbs.errors import DataError
 from dsbs.files import append_line, write_atomic
+from dsbs.methods import METHOD_NAMES
+from dsbs.models import DEFAULT_STUDENT
 from dsbs.tasks import TaskConfig
-from dsbs.tasks.common import DataError, read_appended_jsonl
-from dsbs.train import TrainConfig
+from dsbs.tasks.common import read_appended_jsonl
 
 AXES = ("task", "method", "fraction", "student", "seed")
 RESULT_FILE = "result.json"  # in a run's directory once it is evaluated; results.jsonl gets the same line
@@ -41,20 +44,25 @@ class SweepFailed(Exception):
 class Recipe:
     """A sweep: the grid's axes and the settings every run shares."""
 
-    name: str = field(metadata={"help": "recipe name, used in reports"})
-    output: str = field(metadata={"help": "directory for runs/, results.jsonl and recipe.json"})
-    tasks: list[str] = field(metadata={"help": "task names (or files) to run"})
-    methods: list[str] = field(default_factory=lambda: ["standard", "distill", "dsbs", "single_task"], metadata={"help": "training methods"})
+    name: str = option(help="recipe name, used in reports")
+    output: str = option(help="directory for runs/, results.jsonl and recipe.json")
+    tasks: list[str] = option(help="task names (or files) to run")
+    methods: list[str] = field(default_factory=lambda: list(METHOD_NAMES), metadata={"help": "training methods"})
     fractions: list[float] = field(default_factory=lambda: [1.0], metadata={"help": "fractions of the training pool"})
-    students: list[str] = field(default_factory=lambda: ["smollm2-135m"], metadata={"help": "student models"})
+    students: list[str] = field(default_factory=lambda: [DEFAULT_STUDENT], metadata={"help": "student models"})
     seeds: list[int] = field(default_factory=lambda: [0], metadata={"help": "seeds (subsample, order, init)"})
-    task_settings: dict = field(default_factory=dict, metadata={"help": "TaskConfig fields shared by every run (e.g. data_dir)"})
+    task_settings: dict = field(default_factory=dict, metadata={"help": "TaskConfig fields shared by every run"})
     train: dict = field(default_factory=dict, metadata={"help": "TrainConfig fields shared by every run"})
-    task_train: dict = field(default_factory=dict, metadata={"help": "per task: TrainConfig fields that override `train` for that task (e.g. its step budget)"})
-    eval_batch_size: int = field(default=32, metadata={"help": "inputs per batch in the test evaluation"})
-    test_limit: int | None = field(default=None, metadata={"help": "evaluate on the first N test rows only (None: all)"})
-    priority: list[dict] = field(default_factory=list, metadata={"help": "cells to run first, as partial cells ({method: [standard, dsbs], fraction: [1.0, 0.25]}); a cell runs in the order of the first rule it matches (unmatched last), seed by seed within a rule, so a sweep cut short has done what matters most"})
-    keep_weights: bool = field(default=True, metadata={"help": "keep each run's model/ and checkpoints/ after its test evaluation (false: predictions, metrics and logs only)"})
+    task_train: dict = field(default_factory=dict, metadata={"help": "per task: TrainConfig fields that override "
+                                                             "`train` for that task (e.g. its step budget)"})
+    eval_batch_size: int = option(32, "inputs per batch in the test evaluation")
+    test_limit: int | None = option(None, "evaluate on the first N test rows only (None: all)")
+    priority: list[dict] = field(default_factory=list, metadata={"help": (
+        "cells to run first, as partial cells ({method: [standard, dsbs], fraction: [1.0, 0.25]}); a cell runs in "
+        "the order of the first rule it matches (unmatched last), seed by seed within a rule, so a sweep cut short "
+        "has done what matters most")})
+    keep_weights: bool = option(True, "keep each run's model/ and checkpoints/ after its test evaluation (false: "
+                                "predictions, metrics and logs only)")
 
     def __post_init__(self):
         for rule in self.priority:
@@ -66,7 +74,7 @@ class Recipe:
 
     def runs(self) -> list[dict]:
         """Every run of the grid as (task, method, fraction, student, seed), in priority order."""
-        cells = [dict(zip(AXES, combo)) for combo in
+        cells = [dict(zip(AXES, combo, strict=True)) for combo in
                  itertools.product(self.tasks, self.methods, self.fractions, self.students, self.seeds)]
         return sorted(cells, key=lambda cell: (priority_rank(cell, self.priority), cell["seed"]))
 

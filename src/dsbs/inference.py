@@ -1,18 +1,8 @@
 """Batched greedy generation shared by validation, evaluation and prediction."""
 
-import json
-from pathlib import Path
-
 from dsbs.batching import LABEL_TASK, RATIONALE_TASK, encode_prompt, parse_single_task_output, prompt_text
-
-META_FILE = "dsbs.json"  # beside a saved student: how it was trained and how to prompt it
-
-
-def read_meta(model_dir: str | Path) -> dict:
-    path = Path(model_dir) / META_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{model_dir} is not a dsbs student directory (no {META_FILE}); train one with `dsbs train`")
-    return json.loads(path.read_text())
+from dsbs.methods import get_method
+from dsbs.models import is_seq2seq
 
 
 def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, max_input_tokens: int,
@@ -21,7 +11,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, max_i
     import torch
     from tqdm.auto import tqdm
 
-    seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+    seq2seq = is_seq2seq(model.config)
     encoded = [encode_prompt(tokenizer, p, seq2seq, max_input_tokens) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     outputs: list[str] = [""] * len(prompts)
@@ -37,7 +27,7 @@ def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, max_i
             )
         if not seq2seq:  # a decoder-only model returns the prompt too
             out = out[:, batch["input_ids"].shape[1] :]
-        for i, text in zip(rows, tokenizer.batch_decode(out, skip_special_tokens=True)):
+        for i, text in zip(rows, tokenizer.batch_decode(out, skip_special_tokens=True), strict=True):
             outputs[i] = text.strip()
         bar.update(len(rows))
     bar.close()
@@ -52,7 +42,7 @@ def predict(model, tokenizer, meta: dict, inputs: list[str], *, with_rationale: 
     every other student answers the label task alone unless a rationale is asked for.
     """
     limits = {"max_input_tokens": meta["max_input_tokens"], "batch_size": batch_size, "progress": progress}
-    if meta["method"] == "single_task":
+    if get_method(meta["method"]).answers_with_rationale:
         texts = generate(model, tokenizer, [prompt_text(x) for x in inputs],
                          max_new_tokens=meta["max_target_tokens"] + meta["label_max_tokens"], **limits)
         results = []
@@ -66,6 +56,6 @@ def predict(model, tokenizer, meta: dict, inputs: list[str], *, with_rationale: 
     if with_rationale:
         rationales = generate(model, tokenizer, [prompt_text(x, RATIONALE_TASK) for x in inputs],
                               max_new_tokens=meta["max_target_tokens"], **limits)
-        for result, rationale in zip(results, rationales):
+        for result, rationale in zip(results, rationales, strict=True):
             result["rationale"] = rationale
     return results

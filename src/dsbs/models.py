@@ -77,6 +77,7 @@ def _build_minilm_seq2seq(staging: Path) -> None:
 
 # Students that ship inside PyPI packages, so that everything runs offline.
 BUILT_IN_STUDENTS = {DEFAULT_STUDENT: _convert_smollm2, MINILM_STUDENT: _build_minilm_seq2seq}
+BUILT_IN_NAMES = tuple(BUILT_IN_STUDENTS)
 
 
 def resolve_student(name: str) -> str:

@@ -47,7 +47,8 @@ def predict_file(model_dir: str, input: str, output: str, input_field: str = "in
     """
     from tqdm.auto import tqdm
 
-    from dsbs.inference import predict, read_meta
+    from dsbs.checkpoint import read_meta
+    from dsbs.inference import predict
     from dsbs.models import load_student
 
     path = Path(input)
@@ -63,7 +64,7 @@ def predict_file(model_dir: str, input: str, output: str, input_field: str = "in
         while chunk := list(islice(lines, batch_size * 8)):
             results = predict(model, tokenizer, meta, [text for _, text in chunk],
                               with_rationale=with_rationale, batch_size=batch_size)
-            for (number, text), result in zip(chunk, results):
+            for (number, text), result in zip(chunk, results, strict=True):
                 out.write(json.dumps({"line": number, "input": text, **result}) + "\n")
             out.flush()
             written += len(chunk)

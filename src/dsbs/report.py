@@ -6,15 +6,15 @@ method is compared with standard fine-tuning at the same task, student and fract
 computed from results.jsonl alone: each line carries its per-item test correctness.
 """
 
-import importlib
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from dsbs.tasks import BENCHMARKS
-from dsbs.tasks.common import DataError, read_appended_jsonl
+from dsbs.errors import DataError
+from dsbs.methods import METHOD_NAMES
+from dsbs.tasks import BUILT_IN, built_in_task
+from dsbs.tasks.common import read_appended_jsonl
 
-METHOD_ORDER = ("standard", "distill", "dsbs", "single_task")
 REACH_RULE = ("a method reaches a reference at the smallest data fraction whose mean test accuracy over seeds is "
               "at least the reference's on the same test items; the paired 95% interval of the difference there "
               "is shown")
@@ -22,14 +22,15 @@ REACH_RULE = ("a method reaches a reference at the smallest data fraction whose 
 
 def references(task: str) -> tuple[float | None, dict]:
     """(teacher's few-shot accuracy, the paper's T5-Base accuracies) in percent, where known."""
-    if task not in BENCHMARKS:
+    if task not in BUILT_IN:
         return None, {}
-    module = importlib.import_module(f"dsbs.tasks.{task}")
-    return module.TEACHER_FEW_SHOT_ACCURACY, module.PAPER_T5_BASE
+    spec = built_in_task(task)
+    return spec.teacher_few_shot_accuracy, spec.paper_t5_base
 
 
 def method_rank(method: str) -> int:
-    return METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    """Methods in the order of dsbs.methods; a name from an older results file goes last."""
+    return METHOD_NAMES.index(method) if method in METHOD_NAMES else len(METHOD_NAMES)
 
 
 def group_results(results: list[dict]) -> dict:

@@ -81,7 +81,8 @@ def create_app(model_dir: str, max_batch: int = 32, max_inputs: int = 64, max_in
     from contextlib import asynccontextmanager
     from typing import Annotated
 
-    from dsbs.inference import predict, read_meta
+    from dsbs.checkpoint import read_meta
+    from dsbs.inference import predict
     from dsbs.models import load_student
 
     meta = read_meta(model_dir)

@@ -16,41 +16,16 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
+from dsbs.configs import TeachConfig
+from dsbs.errors import MissingDependency
+from dsbs.files import write_atomic
+from dsbs.models import DEFAULT_STUDENT
 from dsbs.prompts import chat_messages, completion_prompt, exemplars_from_rows, load_prompt
-from dsbs.tasks import BENCHMARKS, TaskConfig, get_task
+from dsbs.tasks import TaskConfig, get_task
 from dsbs.tasks.common import resolve_data_dir
-
-
-@dataclass
-class TeachConfig:
-    """Which teacher to ask, how, and where to put its answers."""
-
-    split: str | None = field(default=None, metadata={"help": "split to annotate (default: the task's training pool)"})
-    limit: int | None = field(default=None, metadata={"help": "annotate the first N rows only"})
-    backend: str = field(default="local", metadata={"help": "openai (any OpenAI-compatible server) or local (in-process: llama-cpp-python for GGUF, else transformers)"})
-    model: str = field(default="smollm2-135m", metadata={"help": "openai: the served model's name; local: smollm2-135m, a .gguf file, or a transformers model dir/name"})
-    base_url: str | None = field(default=None, metadata={"help": "openai: server URL, e.g. http://127.0.0.1:8000/v1 (default: OpenAI's)"})
-    api_key_env: str = field(default="OPENAI_API_KEY", metadata={"help": "openai: environment variable holding the API key"})
-    api: str = field(default="completion", metadata={"help": "completion (one few-shot text prompt) or chat (exemplars as earlier turns)"})
-    prompt_file: str | None = field(default=None, metadata={"help": "a prompt JSON file (default: the task's built-in prompt; own tasks: exemplars from labelled rows)"})
-    temperature: float = field(default=0.0, metadata={"help": "sampling temperature (use > 0 with --samples > 1)"})
-    max_tokens: int = field(default=160, metadata={"help": "most tokens per answer"})
-    samples: int = field(default=1, metadata={"help": "answers per input; the majority label wins and only rationales that agree are kept"})
-    concurrency: int = field(default=4, metadata={"help": "requests in flight at once"})
-    timeout: float = field(default=120.0, metadata={"help": "seconds before a request counts as failed and is retried"})
-    max_retries: int = field(default=5, metadata={"help": "retries per request after timeouts, 429, 5xx or unreadable replies"})
-    output: str = field(default="runs/teach", metadata={"help": "output data directory (pass it as --data-dir to dsbs train)"})
-
-    def __post_init__(self):
-        if self.backend not in ("openai", "local"):
-            raise ValueError(f"backend must be openai or local, got {self.backend!r}")
-        if self.api not in ("completion", "chat"):
-            raise ValueError(f"api must be completion or chat, got {self.api!r}")
-        if self.samples < 1 or self.concurrency < 1 or self.max_retries < 0:
-            raise ValueError("samples and concurrency must be at least 1, max_retries at least 0")
 
 
 class RetryableError(Exception):
@@ -84,7 +59,7 @@ class OpenAIBackend:
         try:
             import openai
         except ImportError:
-            raise ImportError("the openai backend needs the openai package: pip install openai") from None
+            raise MissingDependency("the openai backend needs the openai package: pip install 'dsbs[openai]'") from None
         self.openai = openai
         self.client = openai.OpenAI(base_url=config.base_url, api_key=os.environ.get(config.api_key_env) or "none",
                                     timeout=config.timeout, max_retries=0)
@@ -143,8 +118,8 @@ class LocalBackend:
         if self.llama is None:
             from dsbs.models import load_student
 
-            if gguf is not None and config.model != "smollm2-135m":
-                raise ImportError("a .gguf teacher needs llama-cpp-python: pip install 'dsbs[llama]'")
+            if gguf is not None and config.model != DEFAULT_STUDENT:
+                raise MissingDependency("a .gguf teacher needs llama-cpp-python: pip install 'dsbs[llama]'")
             self.model, self.tokenizer = load_student(config.model)
             self.model.eval()
 
@@ -182,27 +157,11 @@ class LocalBackend:
 
 
 def _gguf_path(model: str) -> str | None:
-    if model == "smollm2-135m":
+    if model == DEFAULT_STUDENT:
         from dsbs.models import smollm2_gguf_path
 
         return str(smollm2_gguf_path())
     return model if model.endswith(".gguf") else None
-
-
-def start_llama_server(model: str = "smollm2-135m", alias: str = "smollm2", wait_s: float = 120.0):
-    """llama-cpp-python's OpenAI-compatible server on a free loopback port: (process, base URL)."""
-    import subprocess
-    import sys
-
-    from dsbs.loopback import free_port, wait_until_up
-
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", _gguf_path(model) or model,
-                                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--model_alias", alias],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    wait_until_up(url + "/models", wait_s, process)
-    return process, url
 
 
 class AnswerCache:
@@ -250,7 +209,7 @@ def teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     split = config.split or task.train_split
     rows = task.load(split)
     rows = rows[: config.limit] if config.limit else rows
-    if config.prompt_file or task_config.task in BENCHMARKS:
+    if config.prompt_file or task.paper_layout:
         spec = load_prompt(config.prompt_file or task_config.task)
     else:
         from dsbs.prompts import PromptSpec
@@ -321,7 +280,7 @@ def teach(task_config: TaskConfig, config: TeachConfig) -> dict:
             "prompt_tokens": sum(a.get("prompt_tokens") or 0 for a in got if "text" in a),
             "completion_tokens": sum(a.get("completion_tokens") or 0 for a in got if "text" in a),
         })
-    files = write_outputs(task_config, task.name, split, records, output, config.limit)
+    files = write_outputs(task_config, task, split, records, output)
     graded = [r for r in records if r["gold"] is not None]
     summary = {
         "task": task.name, "split": split, "items": len(records), "requests_made": stats["answered"] + stats["failed"],
@@ -337,23 +296,15 @@ def teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     return summary
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".tmp-{path.name}")
-    staging.write_text(text, encoding="utf-8")
-    os.replace(staging, path)
-
-
-def write_outputs(task_config: TaskConfig, name: str, split: str, records: list[dict], output: Path,
-                  limit: int | None) -> list[str]:
+def write_outputs(task_config: TaskConfig, task, split: str, records: list[dict], output: Path) -> list[str]:
     """Outputs in the layout the loaders read, plus every raw completion and its token usage.
 
     A benchmark gets the paper's layout (its gold rows, the other splits' gold files, and
     llm/{split}_CoT_0.json aligned by position), so `--data-dir OUTPUT` trains on it; any other
     task gets a JSONL file with input, label, rationale and teacher_label fields.
     """
-    written = []
-    if task_config.task in BENCHMARKS:
+    written, name = [], task.name
+    if task.paper_layout:
         source = resolve_data_dir(task_config.data_dir) / name
         target = output / name
         for gold in source.glob(f"{name}_*.json"):
@@ -361,18 +312,18 @@ def write_outputs(task_config: TaskConfig, name: str, split: str, records: list[
             keep = [line for line in lines if line.strip()]
             if gold.name == f"{name}_{split}.json":
                 keep = keep[: len(records)]
-            _write_atomic(target / gold.name, "".join(keep))
+            write_atomic(target / gold.name, "".join(keep))
         # the loader parses one text per row: the one whose label won the vote
         completions = [r["completions"][r["chosen"]] if r["completions"] else "" for r in records]
-        _write_atomic(target / "llm" / f"{split}_CoT_0.json", json.dumps(completions, ensure_ascii=False))
+        write_atomic(target / "llm" / f"{split}_CoT_0.json", json.dumps(completions, ensure_ascii=False))
         written += [str(target / f"{name}_{split}.json"), str(target / "llm" / f"{split}_CoT_0.json")]
         details = target / "llm" / f"{split}_teacher.jsonl"
     else:
         rows = [{"input": r["input"], "label": r["gold"], "rationale": r["rationale"], "teacher_label": r["label"]}
                 for r in records]
         path = output / f"{name}_{split}.jsonl"
-        _write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         written.append(str(path))
         details = output / f"{name}_{split}_teacher.jsonl"
-    _write_atomic(details, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_atomic(details, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     return written + [str(details)]

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from dsbs.tasks import TaskConfig, get_task
+from dsbs.tasks import TaskConfig, get_task, svamp
 from dsbs.tasks.common import DataError, Example, load_paper_split, read_jsonl, split_validation, subsample
-from dsbs.tasks import svamp
 from tests.conftest import DATA_DIR, needs_data
 
 

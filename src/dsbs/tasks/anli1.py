@@ -4,10 +4,6 @@ from dsbs.tasks.common import Task, paper_task, text_labels_match
 from dsbs.tasks.esnli import is_nli_label, parse_nli_completion, parse_nli_row
 
 NAME = "anli1"
-# Reference points for reports: PaLM 540B few-shot CoT accuracy on the full test set (scored from the
-# released completions) and the paper's T5-Base students on full data (Table 1), in percent.
-TEACHER_FEW_SHOT_ACCURACY = 65.6
-PAPER_T5_BASE = {"standard": 43.58, "dsbs": 49.58}
 
 
 def parse_completion(completion: str) -> tuple[str | None, str | None]:
@@ -17,4 +13,5 @@ def parse_completion(completion: str) -> tuple[str | None, str | None]:
 
 def task(data_dir=None) -> Task:
     return paper_task(NAME, data_dir, parse_nli_row, parse_completion, text_labels_match, label_max_tokens=8,
-                      label_is_valid=is_nli_label, train_split="valid")
+                      label_is_valid=is_nli_label, train_split="valid",
+                      teacher_few_shot_accuracy=65.6, paper_t5_base={"standard": 43.58, "dsbs": 49.58})

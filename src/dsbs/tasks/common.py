@@ -5,16 +5,14 @@ import json
 import os
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from dsbs.errors import DataError
+
 # single_task targets are "rationale + marker + label"; the label is read back after the last marker.
 SINGLE_TASK_MARKER = " So the answer is "
-
-
-class DataError(ValueError):
-    """A user's data file is unusable; the message names the file, line and field."""
 
 
 @dataclass
@@ -37,7 +35,11 @@ def keep_label(label: str, example: Example) -> str | None:
 
 @dataclass(frozen=True)
 class Task:
-    """A benchmark or user task: how to load a split, parse a teacher completion, score a label."""
+    """A benchmark or user task: how to load a split, parse a teacher completion, score a label.
+
+    A built-in task is one module of dsbs.tasks with a ``task(data_dir)`` function returning one of
+    these, and its teacher prompt beside it (``NAME.json``).
+    """
 
     name: str
     load: Callable[[str], list[Example]]
@@ -50,6 +52,11 @@ class Task:
     # The teacher's label in the task's label space given its row (a CQA answer matched to one of
     # the row's choices), or None when it names none: such an answer is a parse failure.
     canonical_label: Callable[[str, Example], str | None] = keep_label
+    paper_layout: bool = False  # read from (and `dsbs teach` writes) the paper's released data layout
+    # reference points for reports, in percent: PaLM 540B few-shot CoT on the full test set (scored
+    # from the released completions) and the paper's T5-Base students on full data (Table 1)
+    teacher_few_shot_accuracy: float | None = None
+    paper_t5_base: dict = field(default_factory=dict)
 
     def read_answer(self, completion: str, example: Example) -> tuple[str | None, str | None, str | None]:
         """(rationale, label to train on, label as written) of a teacher completion for ``example``.
@@ -187,7 +194,7 @@ def read_records(path: Path) -> Iterator[tuple[int, dict]]:
     return read_csv(path) if Path(path).suffix.lower() == ".csv" else read_jsonl(path)
 
 
-def field(obj: dict, name: str, kind: type | tuple[type, ...], where: str):
+def row_field(obj: dict, name: str, kind: type | tuple[type, ...], where: str):
     """obj[name] checked for presence and type; ``where`` is "file:line" for the message."""
     if name not in obj:
         raise DataError(f"{where}: missing field {name!r}")
@@ -241,19 +248,24 @@ def load_paper_split(
                 f"{path.parent / 'llm'}: {len(completions)} teacher completions for split {split!r} "
                 f"but {path} has {len(examples)} rows; they are aligned by position and must match"
             )
-        for example, completion in zip(examples, completions):
+        for example, completion in zip(examples, completions, strict=True):
             example.completion = completion
             example.rationale, example.teacher_label, example.teacher_answer = read_teacher_answer(
                 parse_completion, canonical_label, completion, example)
     return examples
 
 
+def load_paper_task_split(data_dir, name: str, split: str, **parsers) -> list[Example]:
+    """load_paper_split with the data directory resolved when a split is read, not before."""
+    return load_paper_split(resolve_data_dir(data_dir), name, split, **parsers)
+
+
 def paper_task(name: str, data_dir, parse_row, parse_completion, labels_match, **settings) -> Task:
     """A Task over the paper's released layout in ``data_dir`` (resolved as resolve_data_dir does)."""
-    root = resolve_data_dir(data_dir)
-    load = partial(load_paper_split, root, name, parse_row=parse_row, parse_completion=parse_completion,
+    load = partial(load_paper_task_split, data_dir, name, parse_row=parse_row, parse_completion=parse_completion,
                    canonical_label=settings.get("canonical_label", keep_label))
-    return Task(name=name, load=load, parse_completion=parse_completion, labels_match=labels_match, **settings)
+    return Task(name=name, load=load, parse_completion=parse_completion, labels_match=labels_match, paper_layout=True,
+                **settings)
 
 
 def split_validation(examples: list, fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:

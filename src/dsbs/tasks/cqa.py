@@ -1,14 +1,20 @@
 """CommonsenseQA with CoS-E: five-way multiple choice; the label is the chosen answer's text."""
 
 import re
-from dsbs.tasks.common import (DataError, Example, Task, cut_at_next_example, field, normalize_text_label, paper_task,
-                               split_on_marker, text_labels_match)
+
+from dsbs.tasks.common import (
+    DataError,
+    Example,
+    Task,
+    cut_at_next_example,
+    normalize_text_label,
+    paper_task,
+    row_field,
+    split_on_marker,
+    text_labels_match,
+)
 
 NAME = "cqa"
-# Reference points for reports: PaLM 540B few-shot CoT accuracy on the full test set (scored from the
-# released completions) and the paper's T5-Base students on full data (Table 1), in percent.
-TEACHER_FEW_SHOT_ACCURACY = 77.23
-PAPER_T5_BASE = {"standard": 62.19, "dsbs": 63.29}
 CHOICE_LETTERS = "abcde"
 _CHOICE = re.compile(r"\(([a-e])\)\s*(.*)", re.DOTALL)
 
@@ -16,16 +22,16 @@ _CHOICE = re.compile(r"\(([a-e])\)\s*(.*)", re.DOTALL)
 def format_input(question: str, choices: list[str]) -> str:
     """The paper's student input: the question, then "Answer Choices:" and (a)..(e)."""
     lines = [question, "Answer Choices:"]
-    lines += [f"({letter}) {choice}" for letter, choice in zip(CHOICE_LETTERS, choices)]
+    lines += [f"({letter}) {choice}" for letter, choice in zip(CHOICE_LETTERS, choices, strict=True)]
     return "\n".join(lines)
 
 
 def parse_row(row: dict, where: str) -> dict:
-    question = field(row, "question", str, where)
-    choices = field(row, "choices", list, where)
+    question = row_field(row, "question", str, where)
+    choices = row_field(row, "choices", list, where)
     if len(choices) != 5 or not all(isinstance(c, str) for c in choices):
         raise DataError(f"{where}: field 'choices' should be a list of 5 strings")
-    return {"input": format_input(question, choices), "label": field(row, "answer", str, where),
+    return {"input": format_input(question, choices), "label": row_field(row, "answer", str, where),
             "choices": tuple(choices)}
 
 
@@ -53,4 +59,5 @@ def parse_completion(completion: str) -> tuple[str | None, str | None]:
 
 def task(data_dir=None) -> Task:
     return paper_task(NAME, data_dir, parse_row, parse_completion, text_labels_match, label_max_tokens=16,
-                      canonical_label=choice_label)
+                      canonical_label=choice_label,
+                      teacher_few_shot_accuracy=77.23, paper_t5_base={"standard": 62.19, "dsbs": 63.29})

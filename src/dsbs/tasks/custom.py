@@ -4,7 +4,15 @@ from functools import partial
 from pathlib import Path
 
 from dsbs.equation import equations_equal, is_equation
-from dsbs.tasks.common import DataError, Example, Task, cut_at_next_example, read_records, split_on_marker, text_labels_match
+from dsbs.tasks.common import (
+    DataError,
+    Example,
+    Task,
+    cut_at_next_example,
+    read_records,
+    split_on_marker,
+    text_labels_match,
+)
 
 
 def _optional_text(row: dict, name: str, where: str) -> str | None:
@@ -70,7 +78,9 @@ def _load(config, split: str) -> list[Example]:
 def task(config) -> Task:
     path = Path(config.task)
     if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
-        raise DataError(f"unknown task {config.task!r}: use cqa, svamp, esnli, anli1, demo, or a .jsonl/.csv file")
+        from dsbs.tasks import BUILT_IN
+
+        raise DataError(f"unknown task {config.task!r}: use {', '.join(BUILT_IN)}, or a .jsonl/.csv file")
     return Task(
         name=path.stem,
         load=partial(_load, config),

@@ -1,12 +1,16 @@
 """e-SNLI: natural language inference with human explanations; labels are NLI words."""
 
-from dsbs.tasks.common import DataError, Task, cut_at_next_example, field, paper_task, split_on_marker, text_labels_match
+from dsbs.tasks.common import (
+    DataError,
+    Task,
+    cut_at_next_example,
+    paper_task,
+    row_field,
+    split_on_marker,
+    text_labels_match,
+)
 
 NAME = "esnli"
-# Reference points for reports: PaLM 540B few-shot CoT accuracy on the full test set (scored from the
-# released completions) and the paper's T5-Base students on full data (Table 1), in percent.
-TEACHER_FEW_SHOT_ACCURACY = 72.99
-PAPER_T5_BASE = {"standard": 88.38, "dsbs": 89.51}
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 
 
@@ -15,10 +19,10 @@ def format_input(premise: str, hypothesis: str) -> str:
 
 
 def parse_nli_row(row: dict, where: str) -> dict:
-    label = field(row, "label", int, where)
+    label = row_field(row, "label", int, where)
     if label not in range(len(NLI_LABELS)):
         raise DataError(f"{where}: field 'label' should be 0, 1 or 2, got {label}")
-    return {"input": format_input(field(row, "premise", str, where), field(row, "hypothesis", str, where)),
+    return {"input": format_input(row_field(row, "premise", str, where), row_field(row, "hypothesis", str, where)),
             "label": NLI_LABELS[label]}
 
 
@@ -47,4 +51,5 @@ def parse_completion(completion: str) -> tuple[str | None, str | None]:
 
 def task(data_dir=None) -> Task:
     return paper_task(NAME, data_dir, parse_nli_row, parse_completion, text_labels_match, label_max_tokens=8,
-                      label_is_valid=is_nli_label, train_split="valid")  # only valid/test samples ship here
+                      label_is_valid=is_nli_label, train_split="valid",  # the released data has no train split
+                      teacher_few_shot_accuracy=72.99, paper_t5_base={"standard": 88.38, "dsbs": 89.51})

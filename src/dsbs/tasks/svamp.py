@@ -6,20 +6,17 @@ student pays for every token it writes.
 """
 
 import re
+
 from dsbs.equation import EquationError, compact_equation, equations_equal, is_equation
-from dsbs.tasks.common import DataError, Task, cut_at_next_example, field, paper_task, split_on_marker
+from dsbs.tasks.common import DataError, Task, cut_at_next_example, paper_task, row_field, split_on_marker
 
 NAME = "svamp"
-# Reference points for reports: PaLM 540B few-shot CoT accuracy on the full test set (scored from the
-# released completions) and the paper's T5-Base students on full data (Table 1), in percent.
-TEACHER_FEW_SHOT_ACCURACY = 74.0
-PAPER_T5_BASE = {"standard": 62.63, "dsbs": 65.5}
 _EQUATION = re.compile(r"\(.*\)", re.DOTALL)
 
 
 def parse_row(row: dict, where: str) -> dict:
     """The released rows already join body and question with a newline, as the paper's input."""
-    text, label = field(row, "input", str, where), field(row, "label", str, where)
+    text, label = row_field(row, "input", str, where), row_field(row, "label", str, where)
     try:
         return {"input": text, "label": compact_equation(label)}
     except EquationError as err:
@@ -40,4 +37,5 @@ def parse_completion(completion: str) -> tuple[str | None, str | None]:
 
 def task(data_dir=None) -> Task:
     return paper_task(NAME, data_dir, parse_row, parse_completion, equations_equal, label_max_tokens=32,
-                      label_is_valid=is_equation)
+                      label_is_valid=is_equation,
+                      teacher_few_shot_accuracy=74.0, paper_t5_base={"standard": 62.63, "dsbs": 65.5})

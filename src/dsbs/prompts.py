@@ -27,9 +27,10 @@ def load_prompt(path_or_task: str) -> PromptSpec:
     if path.suffix == ".json" and path.is_file():
         text, where = path.read_text(encoding="utf-8"), str(path)
     else:
-        builtin = resources.files("dsbs.prompts") / f"{path_or_task}.json"
+        builtin = resources.files("dsbs.tasks") / f"{path_or_task}.json"  # beside the task's module
         if not builtin.is_file():
-            raise DataError(f"no built-in prompt for task {path_or_task!r}: pass --prompt-file (see dsbs/prompts/*.json)")
+            raise DataError(f"no built-in prompt for task {path_or_task!r}: pass --prompt-file "
+                            "(see dsbs/tasks/*.json)")
         text, where = builtin.read_text(encoding="utf-8"), f"built-in prompt {path_or_task}"
     try:
         raw = json.loads(text)

@@ -1,0 +1,234 @@
+"""Every command's settings as a typed dataclass: the command line, recipes and Python callers share them.
+
+No torch here (TRL's `*_config.py` modules): `dsbs --help` builds its whole parser from these in
+milliseconds. Choices are `Literal` types, so the parser lists them and `check_choices` enforces
+them for recipes and Python callers too. Each field's help is its `help` metadata.
+"""
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dsbs.errors import ConfigError
+from dsbs.methods import METHOD_NAMES
+from dsbs.models import BUILT_IN_NAMES, DEFAULT_STUDENT
+
+MethodName = Literal[METHOD_NAMES]
+PAPER_DATA_URL = "https://github.com/google-research/distilling-step-by-step/raw/main/datasets.zip"
+
+
+def option(default=dataclasses.MISSING, help: str = "", **metadata):
+    """A dataclass field with its help text (no default: a required option)."""
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+def literal_choices(kind) -> tuple | None:
+    """The allowed values of a Literal type (or of an optional Literal), else None."""
+    if typing.get_origin(kind) is Literal:
+        return typing.get_args(kind)
+    for arg in typing.get_args(kind):
+        if typing.get_origin(arg) is Literal:
+            return typing.get_args(arg)
+    return None
+
+
+def check_choices(config) -> None:
+    """Every Literal-typed field of ``config`` holds one of its choices."""
+    for f in dataclasses.fields(config):
+        choices = literal_choices(f.type)
+        value = getattr(config, f.name)
+        if choices and value is not None and value not in choices:
+            raise ConfigError(f"{f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def check_at_least(config, minimum: int, *names: str) -> None:
+    for name in names:
+        if getattr(config, name) < minimum:
+            raise ConfigError(f"{name} must be at least {minimum}, got {getattr(config, name)}")
+
+
+@dataclass
+class TrainConfig:
+    """How to train: method, student, data size, optimisation, evaluation and checkpoints."""
+
+    method: MethodName = option("dsbs", "standard (gold labels), distill (teacher labels), dsbs (label + rationale "
+                                "as two tasks), single_task (target = rationale, then label)")
+    student: str = option(DEFAULT_STUDENT, "local directory, hub name, or a built-in student: "
+                          + ", ".join(BUILT_IN_NAMES))
+    output: str = option("runs/train", "run directory: checkpoints/, model/ (best by validation), log.jsonl, "
+                         "train_config.json")
+    label_source: Literal["gold", "teacher"] = option("gold", "labels for dsbs and single_task: gold (fine-tuning "
+                                                      "setting) or teacher (unlabeled setting)")
+    alpha: float = option(0.5, "dsbs loss = alpha * label loss + (1 - alpha) * rationale loss")
+    rationale_weight: float | None = option(None, "dsbs: loss = label loss + RATIONALE_WEIGHT * rationale loss "
+                                            "instead of the alpha mix (the label keeps standard fine-tuning's weight)")
+    data_fraction: float = option(1.0, "fraction of the training pool to use, drawn with --seed")
+    pool_size: int | None = option(None, "cap the training pool (after the validation split) at N rows, one fixed "
+                                   "draw for every seed, so that fractions are of a pool a CPU can afford")
+    train_split: str | None = option(None, "split used as the training pool (default: the task's; e-SNLI/ANLI "
+                                     "samples here use valid)")
+    val_fraction: float = option(0.1, "fraction of the pool held out (fixed seed 0) for model selection")
+    seed: int = option(0, "seed for subsampling, data order and initialisation of new weights")
+    max_steps: int = option(1000, "optimizer steps (ignored when --epochs is set)")
+    epochs: float | None = option(None, "train for this many passes over the training examples instead")
+    batch_size: int = option(8, "examples per micro-batch (a dsbs example brings its label and rationale items)")
+    grad_accum: int = option(1, "micro-batches per optimizer step")
+    lr: float = option(5e-5, "peak learning rate of AdamW")
+    warmup_steps: int = option(0, "linear warm-up steps, then linear decay to 0")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    max_input_tokens: int = option(512, "prompt tokens kept per item")
+    max_target_tokens: int = option(256, "target tokens kept per item (rationales are the long ones)")
+    eval_interval: int = option(0, "validate every N steps (0: only at the end)")
+    eval_limit: int | None = option(None, "validate on at most N examples")
+    eval_batch_size: int = option(32, "inputs per generation batch during validation")
+    save_interval: int | None = option(None, "checkpoint every N steps (default: the eval interval, else every "
+                                       "10% of the run)")
+    log_interval: int = option(10, "log losses, lr and tokens/s every N steps")
+    lora_rank: int = option(0, "0: train every weight; N: train rank-N LoRA adapters on every linear layer (the "
+                            "peft package) and save the merged model")
+    lora_alpha: float = option(16.0, "LoRA scaling numerator (the update is scaled by lora_alpha / lora_rank)")
+    fsdp: bool = option(False, "under accelerate launch/torchrun: shard weights, gradients and optimizer state over "
+                        "the processes (FSDP2), for students too large for one device")
+    precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 (autocast, fp32 master weights), fp32, or auto: "
+                                                        "bf16 on GPUs that support it; on a CPU whichever a short "
+                                                        "matmul measurement, cached per machine, finds faster")
+    resume: bool = option(False, "continue from the latest checkpoint in --output")
+    keep_checkpoints: bool = option(True, "keep the last checkpoint (weights + optimizer) after the run ends; "
+                                    "model/ is always kept")
+
+    def __post_init__(self):
+        check_choices(self)
+        if not 0 <= self.alpha <= 1:
+            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.rationale_weight is not None and self.rationale_weight < 0:
+            raise ConfigError(f"rationale_weight must be 0 or more, got {self.rationale_weight}")
+        if self.lora_rank < 0:
+            raise ConfigError("lora_rank must be 0 (off) or a positive rank")
+        if self.fsdp and self.lora_rank:
+            raise ConfigError("--fsdp and --lora-rank do not combine here: LoRA's frozen base is light enough "
+                              "to replicate")
+        if self.pool_size is not None and self.pool_size < 1:
+            raise ConfigError("pool_size must be at least 1")
+        check_at_least(self, 1, "max_steps", "batch_size", "grad_accum", "log_interval")
+
+
+@dataclass
+class TeachConfig:
+    """Which teacher to ask, how, and where to put its answers."""
+
+    split: str | None = option(None, "split to annotate (default: the task's training pool)")
+    limit: int | None = option(None, "annotate the first N rows only")
+    backend: Literal["local", "openai"] = option("local", "openai (any OpenAI-compatible server) or local "
+                                                 "(in-process: llama-cpp-python for GGUF, else transformers)")
+    model: str = option(DEFAULT_STUDENT, "openai: the served model's name; local: smollm2-135m, a .gguf file, or a "
+                        "transformers model dir/name")
+    base_url: str | None = option(None, "openai: server URL, e.g. http://127.0.0.1:8000/v1 (default: OpenAI's)")
+    api_key_env: str = option("OPENAI_API_KEY", "openai: environment variable holding the API key")
+    api: Literal["completion", "chat"] = option("completion", "completion (one few-shot text prompt) or chat "
+                                                "(exemplars as earlier turns)")
+    prompt_file: str | None = option(None, "a prompt JSON file (default: the task's built-in prompt; own tasks: "
+                                     "exemplars from labelled rows)")
+    temperature: float = option(0.0, "sampling temperature (use > 0 with --samples > 1)")
+    max_tokens: int = option(160, "most tokens per answer")
+    samples: int = option(1, "answers per input; the majority label wins and only rationales that agree are kept")
+    concurrency: int = option(4, "requests in flight at once")
+    timeout: float = option(120.0, "seconds before a request counts as failed and is retried")
+    max_retries: int = option(5, "retries per request after timeouts, 429, 5xx or unreadable replies")
+    output: str = option("runs/teach", "output data directory (pass it as --data-dir to dsbs train)")
+
+    def __post_init__(self):
+        check_choices(self)
+        check_at_least(self, 1, "samples", "concurrency")
+        check_at_least(self, 0, "max_retries")
+
+
+@dataclass
+class DemoConfig:
+    """The whole pipeline on the built-in offline demo task."""
+
+    output: str = option("runs/demo", "directory for both runs and the summary")
+    student: str = option(DEFAULT_STUDENT, "student model: " + ", ".join(BUILT_IN_NAMES) + ", or a directory")
+    max_steps: int = option(40, "optimizer steps per method")
+
+
+@dataclass
+class DownloadConfig:
+    """Fetch and unpack the paper's released datasets.zip."""
+
+    url: str = option(PAPER_DATA_URL, "where the archive is")
+    cache_dir: str | None = option(None, "default: $DSBS_CACHE_DIR or ~/.cache/dsbs")
+    sha256: str | None = option(None, "expected checksum of the archive")
+    force: bool = option(False, "download again even if present")
+
+
+@dataclass
+class InspectConfig:
+    """Row counts, teacher parse failures and accuracy, rationale lengths."""
+
+    split: str | None = option(None, "split to inspect (default: the task's test split)")
+    json: bool = option(False, "print one JSON object")
+
+
+@dataclass
+class EvaluateConfig:
+    """Accuracy of a trained student on a split."""
+
+    model: str = option(help="a student directory (a run's model/ or a checkpoint)")
+    split: str | None = option(None, "default: the task's test split")
+    limit: int | None = option(None, "evaluate the first N rows only")
+    batch_size: int = option(16, "inputs per generation batch")
+    output: str | None = option(None, "write predictions.jsonl and metrics.json here")
+    with_rationale: bool = option(False, "also generate rationales, for inspection")
+
+
+@dataclass
+class PredictConfig:
+    """Label every line of a JSONL file."""
+
+    model: str = option(help="a student directory (a run's model/)")
+    input: str = option(help="JSONL file, one object with an input field per line")
+    output: str = option(help="JSONL file to write")
+    input_field: str = option("input", "the field holding the text")
+    batch_size: int = option(16, "inputs per generation batch")
+    with_rationale: bool = option(False, "also generate the rationale")
+    skip_bad_lines: bool = option(False, "report and skip malformed lines instead of stopping")
+    resume: bool = option(False, "keep the predictions already in --output and answer only the rest")
+
+
+@dataclass
+class ServeConfig:
+    """HTTP service: POST /predict and OpenAI-compatible /v1/chat/completions."""
+
+    model: str = option(help="a student directory (a run's model/)")
+    host: str = option("127.0.0.1", "address to listen on")
+    port: int = option(8000, "port to listen on")
+    max_batch: int = option(32, "inputs generated together (concurrent requests are batched)")
+    max_inputs: int = option(64, "inputs per request")
+    max_input_chars: int = option(4000, "characters per input")
+
+
+@dataclass
+class ExperimentConfig:
+    """Run a recipe's grid of trainings and test evaluations."""
+
+    recipe: str = option(help="a recipe YAML file (see recipes/)", positional=True)
+    output: str | None = option(None, "override the recipe's output directory")
+    report: bool = option(False, "write the report as runs finish (at most once a minute) and at the end")
+    report_dir: str | None = option(None, "write the report, its plots and a copy of results.jsonl here "
+                                    "(implies --report)")
+    jobs: int = option(1, "cells run at once, each in its own process: one GPU each where there are several, else "
+                       "sharing one; on a CPU the cores are divided among them")
+    time_limit: float | None = option(None, "seconds: start nothing after this and stop runs still going (they "
+                                      "resume on the next start)")
+
+    def __post_init__(self):
+        check_at_least(self, 1, "jobs")
+
+
+@dataclass
+class ReportConfig:
+    """Markdown tables with paired intervals, and plots, from an experiment's results."""
+
+    results: str = option(help="results.jsonl or the experiment's output directory", positional=True)
+    output: str | None = option(None, "where to write report.md and the PNGs (default: beside the results)")

@@ -70,7 +70,8 @@ def main() -> None:
             request = {"temperature": 0.0, "max_tokens": 128, "stop": list(spec.stop)}
             replies, seconds = timed(lambda: [backend({"prompt": p, **request}) for p in prompts])
             tokens = sum(r["completion_tokens"] or 0 for r in replies) / len(prompts)
-            teacher_row = ("teacher few-shot CoT (llama.cpp)", 1, 1000 * seconds / len(prompts), len(prompts) / seconds, tokens)
+            teacher_row = ("teacher few-shot CoT (llama.cpp)", 1, 1000 * seconds / len(prompts),
+                           len(prompts) / seconds, tokens)
     except ImportError:
         pass
 
@@ -81,7 +82,8 @@ def main() -> None:
         print(f"{row[0]:>34} {row[1]:>5} {row[2]:>9.1f} {row[3]:>9.2f} {row[4]:>17.1f}")
     label_batched = rows[1][2]
     rationale_batched = rows[3][2]
-    print(f"label_vs_rationale_cost={rationale_batched / label_batched:.2f} label_inputs_per_s_batched={rows[1][3]:.2f}")
+    print(f"label_vs_rationale_cost={rationale_batched / label_batched:.2f} "
+          f"label_inputs_per_s_batched={rows[1][3]:.2f}")
 
 
 if __name__ == "__main__":

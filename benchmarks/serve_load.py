@@ -54,7 +54,7 @@ def main() -> None:
             started = time.perf_counter()
             deadline = started + args.max_seconds
 
-            def client(k: int) -> list[float]:
+            def client(k: int, clients: int = clients, deadline: float = deadline) -> list[float]:
                 latencies = []
                 for i in range(k, args.requests, clients):
                     if time.perf_counter() > deadline:

@@ -62,7 +62,8 @@ def main() -> None:
         pool = task.load(train_config.train_split or task.train_split)
         rows = select_rows(pool, train_config)[0][: args.sample]
         test_rows = task.load(task.test_split)[: recipe.test_limit or None]
-        test_tokens = statistics.fmean(len(tokenizer(e.input)["input_ids"]) for e in test_rows[:500]) + task.label_max_tokens
+        prompt_tokens = statistics.fmean(len(tokenizer(e.input)["input_ids"]) for e in test_rows[:500])
+        test_tokens = prompt_tokens + task.label_max_tokens
         test_seconds = 2 * params * test_tokens * len(test_rows) / rate
         for method in recipe.methods:
             _, config = recipe.configs({**run, "method": method})

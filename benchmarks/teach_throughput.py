@@ -27,8 +27,10 @@ from tests.servers import start_llama_server
 
 def bare_loop(url: str, prompts: list[str], max_tokens: int, stop: list[str], concurrency: int) -> float:
     def post(prompt: str) -> None:
-        body = json.dumps({"model": "smollm2", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "stop": stop})
-        request = urllib.request.Request(url + "/completions", data=body.encode(), headers={"Content-Type": "application/json"})
+        body = json.dumps({"model": "smollm2", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
+                           "stop": stop})
+        request = urllib.request.Request(url + "/completions", data=body.encode(),
+                                         headers={"Content-Type": "application/json"})
         json.loads(urllib.request.urlopen(request, timeout=600).read())
 
     started = time.perf_counter()
@@ -69,7 +71,8 @@ def main() -> None:
             ratios.append(ours / bare)
             print(f"{concurrency:>9} {bare:>13.2f} {ours:>13.2f} {ours / bare:>10.2f}")
         print(f"cached re-run: {cached_seconds:.2f} s for {args.items} items, {cached['requests_made']} requests")
-        print(f"min_ratio={min(ratios):.3f} cached_requests={cached['requests_made']} cached_seconds={cached_seconds:.2f}")
+        print(f"min_ratio={min(ratios):.3f} cached_requests={cached['requests_made']} "
+              f"cached_seconds={cached_seconds:.2f}")
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -74,8 +74,10 @@ def run_reference(task_name: str, steps: int, batch_size: int) -> dict:
         pred = collate(frame["pred"].tolist(), tokenizer.pad_token_id, False)
         expl = collate([f for f in frame["expl"].tolist() if f is not None], tokenizer.pad_token_id, False)
         # TaskPrefixTrainer.compute_loss: two forward passes, HF's loss on each
-        pred_loss = model(input_ids=pred["input_ids"], attention_mask=pred["attention_mask"], labels=pred["labels"]).loss
-        expl_loss = model(input_ids=expl["input_ids"], attention_mask=expl["attention_mask"], labels=expl["labels"]).loss
+        pred_loss = model(input_ids=pred["input_ids"], attention_mask=pred["attention_mask"],
+                          labels=pred["labels"]).loss
+        expl_loss = model(input_ids=expl["input_ids"], attention_mask=expl["attention_mask"],
+                          labels=expl["labels"]).loss
         loss = 0.5 * pred_loss + 0.5 * expl_loss
         loss.backward()
         optimizer.step()
@@ -92,7 +94,8 @@ def run_ours(task_name: str, steps: int, batch_size: int, precision: str, lora_r
 
     with tempfile.TemporaryDirectory() as out:
         train(TaskConfig(task=task_name), TrainConfig(method="dsbs", max_steps=steps, batch_size=batch_size, output=out,
-                                                       eval_limit=1, log_interval=1, precision=precision, lora_rank=lora_rank,
+                                                       eval_limit=1, log_interval=1, precision=precision,
+                                                       lora_rank=lora_rank,
                                                        keep_checkpoints=False))
         records = [json.loads(line) for line in open(f"{out}/log.jsonl")]
     timed = [r for r in records if "tokens_per_s" in r][1:]  # skip the warm-up step, as for the reference
@@ -137,7 +140,7 @@ def main() -> None:
             command = [sys.executable, __file__, "--impl", impl, "--task", task, "--steps", str(args.steps),
                        "--batch-size", str(args.batch_size)]
             out = subprocess.run(command, capture_output=True, text=True)
-            line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
+            line = next((text for text in out.stdout.splitlines() if text.startswith("RESULT ")), None)
             if line is None:
                 raise SystemExit(f"{impl} failed:\n{out.stderr[-3000:]}")
             results[impl] = json.loads(line[len("RESULT "):])

@@ -20,10 +20,12 @@ def _tokenizer(seq2seq: bool):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    texts = [t for e in demo.load("train") for t in (e.input, e.label, e.rationale)] + ["[label] [rationale] So the answer is"]
+    texts = [t for e in demo.load("train") for t in (e.input, e.label,
+                                                     e.rationale)] + ["[label] [rationale] So the answer is"]
     tok.train_from_iterator(texts, trainer)
     if seq2seq:  # T5-style: the encoder input and the target both end in </s>
-        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", tok.token_to_id("</s>"))])
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>",
+                                                                                              tok.token_to_id("</s>"))])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 

@@ -54,7 +54,8 @@ class FakeOpenAI:
                 else:
                     choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
                     kind = "text_completion"
-                payload = {"id": "x", "object": kind, "created": 0, "model": body.get("model", "m"), "choices": [choice],
+                payload = {"id": "x", "object": kind, "created": 0, "model": body.get("model", "m"),
+                           "choices": [choice],
                            "usage": {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17}}
                 if action == "truncated":  # promise more bytes than we send, then hang up
                     data = json.dumps(payload).encode()

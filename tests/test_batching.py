@@ -61,7 +61,8 @@ def test_seq2seq_item_keeps_input_and_target_apart(tiny_seq2seq):
 
 
 def test_collate_pads_with_ignored_labels():
-    features = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "task": 0}, {"input_ids": [8], "labels": [8], "task": 1}]
+    features = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "task": 0}, {"input_ids": [8], "labels": [8],
+                                                                              "task": 1}]
     batch = collate(features, pad_id=0, seq2seq=False)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

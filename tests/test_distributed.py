@@ -38,7 +38,8 @@ def test_two_processes_match_one(sharding, seq2seq, tiny_causal, tiny_seq2seq, t
     run([*LAUNCH_TWO, *common, *sharding, "--batch-size", "2", "--output", str(tmp_path / "two")])
     run([sys.executable, "-m", "dsbs", "train", *common, "--batch-size", "4", "--output", str(tmp_path / "one")])
     assert json.loads((tmp_path / "two" / "train_config.json").read_text())["processes"] == 2
-    logs = {name: [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+    logs = {name: [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()
+                   if '"loss"' in line]
             for name in ("one", "two")}
     assert [r["step"] for r in logs["two"]] == list(range(1, 7))
     for a, b in zip(logs["one"], logs["two"], strict=True):

@@ -15,7 +15,8 @@ def test_values(text, value):
 
 @pytest.mark.parametrize("hostile", [
     "__import__('os').system('echo hi')", "9**9**9", "2**10", "(1).__class__", "x + 1", "[1, 2]", "1 if 1 else 2",
-    "1e308 * 1e308", "1/0", "", "   ", "(" * 300 + "1" + ")" * 300, "1+" * 400 + "1", "lambda: 1", "'a' * 3", "True + 1", "5 . . 0", "1 .5 .5",
+    "1e308 * 1e308", "1/0", "", "   ", "(" * 300 + "1" + ")" * 300, "1+" * 400 + "1", "lambda: 1", "'a' * 3",
+    "True + 1", "5 . . 0", "1 .5 .5",
 ])
 def test_hostile_strings_raise_own_error(hostile):
     with pytest.raises(EquationError):

@@ -57,9 +57,12 @@ def test_parallel_jobs_give_the_sequential_result_lines_and_keep_no_weights(tiny
     assert [run_name(r) for r in parallel.runs()][0].startswith("demo-dsbs") and parallel.runs()[0]["seed"] == 1
     run_experiment(sequential)
     run_experiment(parallel, jobs=2)
-    settings = lambda recipe: {(r["run"], r["task"], r["method"], r["fraction"], r["seed"], r["test_n"], r["steps"],
-                                json.dumps(r["train_settings"], sort_keys=True))
-                               for r in read_appended_jsonl(Path(recipe.output) / "results.jsonl")}
+
+    def settings(recipe):
+        return {(r["run"], r["task"], r["method"], r["fraction"], r["seed"], r["test_n"], r["steps"],
+                 json.dumps(r["train_settings"], sort_keys=True))
+                for r in read_appended_jsonl(Path(recipe.output) / "results.jsonl")}
+
     assert settings(parallel) == settings(sequential) and len(settings(parallel)) == 4
     lines = (Path(parallel.output) / "results.jsonl").read_text().splitlines()
     assert len(lines) == 4 and all(json.loads(line) for line in lines), "no torn or doubled line"

@@ -20,7 +20,8 @@ def test_gpu_check_writes_results_report_and_throughput(tiny_causal, tmp_path):
                   "max_target_tokens": 32, "keep_checkpoints": False}}))
     out = tmp_path / "out"
     env = {**os.environ, "GPU_CHECK_RECIPE": str(recipe), "GPU_CHECK_TESTS": "tests/test_stats.py",
-           "GPU_CHECK_JOBS": "2", "PYTHON": sys.executable, "GPU_CHECK_WORK": str(tmp_path / "work"), "DSBS_CACHE_DIR": str(tmp_path / "cache")}
+           "GPU_CHECK_JOBS": "2", "PYTHON": sys.executable, "GPU_CHECK_WORK": str(tmp_path / "work"),
+           "DSBS_CACHE_DIR": str(tmp_path / "cache")}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), str(tmp_path),
                            str(tmp_path / "absent.gguf"), "300"], env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-2000:]

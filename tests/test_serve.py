@@ -9,10 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-openai = pytest.importorskip("openai", reason="the OpenAI-compatibility tests use the openai client: pip install -e '.[dev]'")
-pytest.importorskip("fastapi", reason="dsbs serve needs: pip install 'dsbs[serve]'")
-
 from tests.servers import free_port, wait_until_up
+
+openai = pytest.importorskip("openai", reason="the OpenAI-compatibility tests use the openai client: "
+                                             "pip install -e '.[dev]'")
+pytest.importorskip("fastapi", reason="dsbs serve needs: pip install 'dsbs[serve]'")
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,10 @@ def post(url: str, body, raw: bytes | None = None) -> tuple[int, dict]:
 
 
 def test_predict_health_and_schema(service):
-    status, body = post(service + "/predict", {"inputs": ["Ava has 3 apples and gets 2 more. How many?", "2 boxes of 4?"]})
-    assert status == 200 and len(body["predictions"]) == 2 and all(isinstance(p["label"], str) for p in body["predictions"])
+    status, body = post(service + "/predict", {"inputs": ["Ava has 3 apples and gets 2 more. How many?",
+                                                          "2 boxes of 4?"]})
+    assert status == 200 and len(body["predictions"]) == 2 and all(isinstance(p["label"],
+                                                                              str) for p in body["predictions"])
     assert "rationale" not in body["predictions"][0] or body["predictions"][0]["rationale"] is None
     status, body = post(service + "/predict", {"inputs": ["2 boxes of 4?"], "rationale": True})
     assert status == 200 and isinstance(body["predictions"][0]["rationale"], str)

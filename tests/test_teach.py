@@ -49,7 +49,10 @@ def test_retry_policy_honours_retry_after_and_gives_up():
 def test_every_fault_is_retried_or_recorded(tmp_path):
     plans = {query(ROWS[0]): ["429"], query(ROWS[1]): ["500", "500"], query(ROWS[2]): ["hang"],
              query(ROWS[3]): ["truncated"], query(ROWS[4]): ["garbage"], query(ROWS[5]): ["500"] * 10}
-    script = lambda item, attempt: (plans[item] + ["ok"])[attempt - 1] if attempt <= len(plans[item]) else "ok"
+
+    def script(item, attempt):
+        return (plans[item] + ["ok"])[attempt - 1] if attempt <= len(plans[item]) else "ok"
+
     with FakeOpenAI(script=script, hang=2.0) as server:
         summary = teach(DEMO, config(server, tmp_path))
     assert [server.requests[query(r)] for r in ROWS[:6]] == [2, 3, 2, 2, 2, 3]
@@ -58,7 +61,8 @@ def test_every_fault_is_retried_or_recorded(tmp_path):
     assert [r["teacher_label"] for r in rows] == ["42"] * 5 + [None]
     details = read_jsonl(tmp_path / "teach" / "demo_train_teacher.jsonl")
     assert details[5]["errors"] and "500" in details[5]["errors"][0]
-    assert details[0]["completions"] == ["The numbers add up. So the answer is 42."] and details[0]["completion_tokens"] == 7
+    assert details[0]["completions"] == ["The numbers add up. So the answer is 42."]
+    assert details[0]["completion_tokens"] == 7
     # the output is a task file dsbs train reads as it is
     loaded = get_task(TaskConfig(task=str(tmp_path / "teach" / "demo_train.jsonl"))).load("train")
     assert loaded[0].rationale == "The numbers add up." and loaded[0].teacher_label == "42"
@@ -125,7 +129,7 @@ def test_builtin_prompts_parse_to_their_own_labels(name):
     spec = load_prompt(name)
     assert 6 <= len(spec.exemplars) <= 10
     task = get_task(TaskConfig(task=name))
-    for text, answer in spec.exemplars:
+    for _, answer in spec.exemplars:
         rationale, label = task.parse_completion(answer)
         assert rationale and label, answer
     prompt = completion_prompt(spec, "NEW INPUT")
@@ -144,7 +148,10 @@ def test_builtin_exemplars_come_from_the_training_pool(name):
 
 @needs_data
 def test_benchmark_output_is_a_data_dir_the_loader_reads(tmp_path):
-    answer = lambda item, attempt: "Half of 84 is 42. The answer is (84 / 2).\n\nQ: invented next example"
+
+    def answer(item, attempt):
+        return "Half of 84 is 42. The answer is (84 / 2).\n\nQ: invented next example"
+
     with FakeOpenAI(answer=answer) as server:
         teach(TaskConfig(task="svamp", data_dir=DATA_DIR), config(server, tmp_path, limit=5))
     out = tmp_path / "teach"

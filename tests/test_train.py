@@ -16,6 +16,7 @@ from dsbs.methods import METHOD_NAMES
 from dsbs.tasks import TaskConfig
 from dsbs.tasks.common import DataError
 from dsbs.train import TrainConfig, batch_indices, select_rows, train
+from tests.conftest import run_dsbs
 
 DEMO = TaskConfig(task="demo")
 
@@ -54,7 +55,8 @@ def test_every_method_trains_and_saves_a_plain_transformers_model(method, tiny_s
 
 def test_loss_falls_and_every_weight_changes(tiny_student, tmp_path):
     before = weights(tiny_student)
-    train(DEMO, quick_config(tiny_student, tmp_path, method="dsbs", max_steps=60, lr=5e-3, log_interval=10, eval_limit=4))
+    train(DEMO, quick_config(tiny_student, tmp_path, method="dsbs", max_steps=60, lr=5e-3, log_interval=10,
+                             eval_limit=4))
     losses = [r for r in log_records(tmp_path) if "loss" in r]
     assert losses[-1]["label_loss"] < 0.85 * losses[0]["label_loss"]
     assert losses[-1]["rationale_loss"] < 0.85 * losses[0]["rationale_loss"]
@@ -107,11 +109,12 @@ def test_existing_run_needs_resume(tiny_causal, tmp_path):
 
 @pytest.mark.parametrize("extra", [[], ["--lora-rank", "4"]], ids=["full", "lora"])
 def test_sigkill_then_resume_matches_an_uninterrupted_run(extra, tiny_causal, tmp_path):
-    args = [*extra, "--task", "demo", "--student", tiny_causal, "--max-steps", "40", "--batch-size", "4", "--lr", "1e-3",
+    args = [*extra, "--task", "demo", "--student", tiny_causal, "--max-steps", "40", "--batch-size", "4", "--lr",
+            "1e-3",
             "--save-interval", "2", "--eval-interval", "10", "--eval-limit", "4", "--precision", "fp32",
             "--max-input-tokens", "64", "--max-target-tokens", "48", "--log-interval", "1"]
     reference = tmp_path / "reference"
-    subprocess.run([sys.executable, "-m", "dsbs", "train", *args, "--output", str(reference)], check=True, capture_output=True)
+    run_dsbs("train", *args, "--output", str(reference))
 
     killed = tmp_path / "killed"
     process = subprocess.Popen([sys.executable, "-m", "dsbs", "train", *args, "--output", str(killed)],
@@ -123,8 +126,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(extra, tiny_causal, tm
     process.wait()
     assert not (killed / "summary.json").exists(), "the run finished before it could be killed"
 
-    subprocess.run([sys.executable, "-m", "dsbs", "train", *args, "--output", str(killed), "--resume"],
-                   check=True, capture_output=True)
+    run_dsbs("train", *args, "--output", str(killed), "--resume")
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["steps"] == 40
     steps = [r["step"] for r in log_records(killed) if "loss" in r]
@@ -142,7 +144,8 @@ def test_first_log_line_after_a_resume_averages_only_the_steps_it_ran(tiny_causa
     per_step = {r["step"]: r["loss"] for r in log_records(reference) if "loss" in r}
 
     rmtree = shutil.rmtree  # keep the step-3 checkpoint that the step-6 save would delete
-    monkeypatch.setattr(shutil, "rmtree", lambda path, *a, **k: None if "step-000003" in str(path) else rmtree(path, *a, **k))
+    monkeypatch.setattr(shutil, "rmtree", lambda path, *a, **k: None if "step-000003" in str(path) else rmtree(path,
+                                                                                                               *a, **k))
     resumed = tmp_path / "resumed"
     train(DEMO, quick_config(tiny_causal, resumed, max_steps=6, log_interval=4, save_interval=3))
     monkeypatch.undo()

@@ -40,7 +40,8 @@ def replace_dir(staging: Path, target: Path) -> None:
 
 
 def latest_checkpoint(output: Path) -> Path | None:
-    found = sorted((output / "checkpoints").glob(f"step-*/{STATE_FILE}"), key=lambda p: int(p.parent.name.split("-")[1]))
+    found = sorted((output / "checkpoints").glob(f"step-*/{STATE_FILE}"),
+                   key=lambda p: int(p.parent.name.split("-")[1]))
     return found[-1].parent if found else None
 
 
@@ -74,7 +75,8 @@ def model_card(meta: dict) -> str:
         'tokenizer = AutoTokenizer.from_pretrained("path/to/this/dir")',
         f"inputs = tokenizer({prompt}, return_tensors='pt')",
         f"label = tokenizer.decode({generate}, skip_special_tokens=True)",
-        "```", "", "Or `dsbs predict --model DIR --input in.jsonl --output out.jsonl`, or `dsbs serve --model DIR`.", "",
+        "```", "",
+        "Or `dsbs predict --model DIR --input in.jsonl --output out.jsonl`, or `dsbs serve --model DIR`.", "",
     ]
     return "\n".join(lines)
 

@@ -143,8 +143,8 @@ def cmd_experiment(args) -> None:
             last[0] = time.time()
 
     try:
-        run_experiment(recipe, jobs=config.jobs, deadline=time.time() + config.time_limit if config.time_limit else None,
-                       on_result=refresh if wants_report else None)
+        deadline = time.time() + config.time_limit if config.time_limit else None
+        run_experiment(recipe, jobs=config.jobs, deadline=deadline, on_result=refresh if wants_report else None)
     finally:
         if wants_report and results.is_file():
             last[0] = 0.0
@@ -164,7 +164,8 @@ def cmd_report(args) -> None:
 # subcommand -> (function, help, config classes); `dsbs data download|inspect` are nested
 COMMANDS = {
     "demo": (cmd_demo, "the whole pipeline on the built-in offline demo task", [configs.DemoConfig]),
-    "teach": (cmd_teach, "annotate a task with a teacher LLM's rationales and labels", [TaskConfig, configs.TeachConfig]),
+    "teach": (cmd_teach, "annotate a task with a teacher LLM's rationales and labels",
+              [TaskConfig, configs.TeachConfig]),
     "train": (cmd_train, "train a student with standard, distill, dsbs or single_task",
               [TaskConfig, configs.TrainConfig]),
     "evaluate": (cmd_evaluate, "accuracy of a trained student on a split", [configs.EvaluateConfig, TaskConfig]),

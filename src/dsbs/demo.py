@@ -32,7 +32,8 @@ def run_demo(demo: DemoConfig) -> list[dict]:
         rows.append({"method": method, "steps": summary["steps"], "train_examples": summary["train_examples"],
                      "test_accuracy": metrics["accuracy"], "test_n": metrics["n"]})
     table = ["| method | steps | train examples | test accuracy | n |", "|---|---|---|---|---|"]
-    table += [f"| {r['method']} | {r['steps']} | {r['train_examples']} | {r['test_accuracy']:.1%} | {r['test_n']} |" for r in rows]
+    table += [f"| {r['method']} | {r['steps']} | {r['train_examples']} | {r['test_accuracy']:.1%} | {r['test_n']} |"
+              for r in rows]
     text = "\n".join(table)
     (Path(output) / "results.md").write_text(text + "\n")
     (Path(output) / "results.json").write_text(json.dumps(rows, indent=2))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsbs.configs import TrainConfig, option
-from dsbs.errors import DataError
+from dsbs.errors import ConfigError, DataError
 from dsbs.files import append_line, write_atomic
 from dsbs.methods import METHOD_NAMES
 from dsbs.models import DEFAULT_STUDENT
@@ -67,10 +67,10 @@ class Recipe:
     def __post_init__(self):
         for rule in self.priority:
             if not isinstance(rule, dict) or not set(rule) <= set(AXES):
-                raise ValueError(f"a priority rule maps some of {', '.join(AXES)} to values, got {rule!r}")
+                raise ConfigError(f"a priority rule maps some of {', '.join(AXES)} to values, got {rule!r}")
         unknown = sorted(set(self.task_train) - set(self.tasks))
         if unknown:
-            raise ValueError(f"task_train names tasks not in the grid: {', '.join(unknown)}")
+            raise ConfigError(f"task_train names tasks not in the grid: {', '.join(unknown)}")
 
     def runs(self) -> list[dict]:
         """Every run of the grid as (task, method, fraction, student, seed), in priority order."""
@@ -109,7 +109,8 @@ def load_recipe(path: str, output: str | None = None) -> Recipe:
         raise DataError(f"{path}: file not found") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
-        raise DataError(f"{path}:{mark.line + 1 if mark else '?'}: invalid YAML ({getattr(err, 'problem', err)})") from None
+        where = f"{path}:{mark.line + 1 if mark else '?'}"
+        raise DataError(f"{where}: invalid YAML ({getattr(err, 'problem', err)})") from None
     if not isinstance(raw, dict):
         raise DataError(f"{path}: a recipe is a mapping of settings")
     known = {f.name for f in dataclasses.fields(Recipe)}

@@ -56,7 +56,8 @@ def cpu_precision(cache_dir=None) -> str:
     from dsbs.files import write_atomic
 
     machine = f"{cpu_name()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
-    path = (cache_dir or default_cache_dir()) / "precision" / (hashlib.sha256(machine.encode()).hexdigest()[:16] + ".json")
+    name = hashlib.sha256(machine.encode()).hexdigest()[:16] + ".json"
+    path = (cache_dir or default_cache_dir()) / "precision" / name
     try:
         return json.loads(path.read_text())["precision"]
     except (OSError, ValueError, KeyError):

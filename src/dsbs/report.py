@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dsbs.errors import DataError
 from dsbs.methods import METHOD_NAMES
-from dsbs.tasks import BUILT_IN, built_in_task
+from dsbs.tasks import built_in_names, built_in_task
 from dsbs.tasks.common import read_appended_jsonl
 
 REACH_RULE = ("a method reaches a reference at the smallest data fraction whose mean test accuracy over seeds is "
@@ -22,7 +22,7 @@ REACH_RULE = ("a method reaches a reference at the smallest data fraction whose 
 
 def references(task: str) -> tuple[float | None, dict]:
     """(teacher's few-shot accuracy, the paper's T5-Base accuracies) in percent, where known."""
-    if task not in BUILT_IN:
+    if task not in built_in_names():
         return None, {}
     spec = built_in_task(task)
     return spec.teacher_few_shot_accuracy, spec.paper_t5_base
@@ -173,9 +173,10 @@ def markdown(groups: dict) -> str:
         out += minimum_resources(cells, teacher)
         full_teacher, paper = references(Path(task).stem)
         if full_teacher is not None:
-            out += ["", f"For orientation, not comparable: the teacher (PaLM 540B few-shot CoT) scores {full_teacher:.2f} on "
-                    "the full test set; the paper's T5-Base (220M, another student) trained on the full training set scores "
-                    + ", ".join(f"{m} {v:.2f}" for m, v in paper.items()) + " on the full test set."]
+            scores = ", ".join(f"{m} {v:.2f}" for m, v in paper.items())
+            out += ["", "For orientation, not comparable: the teacher (PaLM 540B few-shot CoT) scores "
+                    f"{full_teacher:.2f} on the full test set; the paper's T5-Base (220M, another student) trained on "
+                    f"the full training set scores {scores} on the full test set."]
         out.append("")
     return "\n".join(out)
 

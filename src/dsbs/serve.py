@@ -11,6 +11,8 @@ import time
 from concurrent.futures import Future
 from pathlib import Path
 
+from dsbs.errors import MissingDependency
+
 
 class Batcher:
     """Collects inputs from concurrent requests into batches of at most ``max_batch`` for one model."""
@@ -76,7 +78,7 @@ def create_app(model_dir: str, max_batch: int = 32, max_inputs: int = 64, max_in
         from fastapi.responses import JSONResponse
         from pydantic import BaseModel, Field
     except ImportError:
-        raise ImportError("dsbs serve needs FastAPI and uvicorn: pip install 'dsbs[serve]'") from None
+        raise MissingDependency("dsbs serve needs FastAPI and uvicorn: pip install 'dsbs[serve]'") from None
     import asyncio
     from contextlib import asynccontextmanager
     from typing import Annotated
@@ -162,7 +164,8 @@ def create_app(model_dir: str, max_batch: int = 32, max_inputs: int = 64, max_in
         completion_tokens = len(tokenizer(result["label"])["input_ids"])
         return {
             "id": f"dsbs-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()), "model": name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result["label"]}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": result["label"]},
+                         "finish_reason": "stop"}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         }

@@ -145,10 +145,13 @@ class LocalBackend:
         else:
             prompt = request["prompt"]
         ids = self.tokenizer(prompt, return_tensors="pt")
-        sampling = {"do_sample": True, "temperature": request["temperature"]} if request["temperature"] > 0 else {"do_sample": False}
+        sampling = {"do_sample": False}
+        if request["temperature"] > 0:
+            sampling = {"do_sample": True, "temperature": request["temperature"]}
         with torch.inference_mode():
-            out = self.model.generate(**ids, max_new_tokens=request["max_tokens"], pad_token_id=self.tokenizer.pad_token_id,
-                                      stop_strings=list(request.get("stop") or []) or None, tokenizer=self.tokenizer, **sampling)
+            out = self.model.generate(**ids, max_new_tokens=request["max_tokens"],
+                                      pad_token_id=self.tokenizer.pad_token_id, tokenizer=self.tokenizer,
+                                      stop_strings=list(request.get("stop") or []) or None, **sampling)
         new = out[0, ids["input_ids"].shape[1]:]
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         for stop in request.get("stop") or []:
@@ -269,12 +272,14 @@ def teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     for i, row in enumerate(rows):
         got = [answers[(i, s)] for s in range(config.samples)]
         texts = [a["text"] for a in got if "text" in a]
-        parsed = [task.read_answer(t, row)[:2] for t in texts]
+        answers = [task.read_answer(t, row) for t in texts]
+        parsed = [(rationale, label) for rationale, label, _ in answers]
         rationale, label, agreeing = majority(parsed)
         # the completion written for training is one whose parsed label is the majority's
         chosen = next((k for k, (_, lab) in enumerate(parsed) if label is not None and lab == label), 0)
         records.append({
             "index": i, "input": row.input, "gold": row.label, "rationale": rationale, "label": label,
+            "label_as_written": answers[chosen][2] if label is not None else None,
             "agreeing_rationales": agreeing if config.samples > 1 else None, "completions": texts, "chosen": chosen,
             "errors": [a["error"] for a in got if "error" in a],
             "prompt_tokens": sum(a.get("prompt_tokens") or 0 for a in got if "text" in a),
@@ -282,12 +287,14 @@ def teach(task_config: TaskConfig, config: TeachConfig) -> dict:
         })
     files = write_outputs(task_config, task, split, records, output)
     graded = [r for r in records if r["gold"] is not None]
+    # scored as the paper scores it: the label as the teacher wrote it
+    correct = sum(r["label_as_written"] is not None and task.labels_match(r["label_as_written"], r["gold"])
+                  for r in graded)
     summary = {
         "task": task.name, "split": split, "items": len(records), "requests_made": stats["answered"] + stats["failed"],
         "answers_from_cache": stats["cached"], "failed_items": sum(1 for r in records if not r["completions"]),
         "parse_failures": sum(1 for r in records if r["completions"] and r["label"] is None),
-        "teacher_accuracy": (round(sum(r["label"] is not None and task.labels_match(r["label"], r["gold"]) for r in graded)
-                                   / len(graded), 4) if graded else None),
+        "teacher_accuracy": round(correct / len(graded), 4) if graded else None,
         "prompt_tokens": sum(r["prompt_tokens"] for r in records),
         "completion_tokens": sum(r["completion_tokens"] for r in records),
         "seconds": round(time.perf_counter() - started, 2), "files": files, "config": asdict(config),

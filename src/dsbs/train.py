@@ -253,7 +253,8 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
               tokenizer=tokenizer, lora=lora, optimizer=optimizer,
               scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), features=features,
               val_rows=val_rows, meta=meta, weights=method.loss_weights(config.alpha, config.rationale_weight),
-              max_steps=max_steps, save_interval=config.save_interval or config.eval_interval or max(1, max_steps // 10),
+              max_steps=max_steps,
+              save_interval=config.save_interval or config.eval_interval or max(1, max_steps // 10),
               precision=resolve_precision(config.precision, accelerator.device.type), seq2seq=seq2seq)
     if checkpoint:
         restore(run, checkpoint)
@@ -275,7 +276,8 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
 def step_batches(run: Run) -> list[list[int]]:
     """The example indices of this step's micro-batches, across all processes."""
     config = run.config
-    return [batch_indices(len(run.features), config.batch_size * run.world, config.seed, run.step * config.grad_accum + m)
+    first = run.step * config.grad_accum
+    return [batch_indices(len(run.features), config.batch_size * run.world, config.seed, first + m)
             for m in range(config.grad_accum)]
 
 
@@ -285,7 +287,8 @@ def task_part(run: Run, rows: list[int], task_id: int) -> tuple[list[dict], floa
     Under FSDP a process with no such item still runs a zero-weighted pass on one, because FSDP's
     weight gathers are collective: every process must run every pass.
     """
-    mine = [f for i in rows[run.accelerator.process_index :: run.world] for f in run.features[i] if f["task"] == task_id]
+    mine = [f for i in rows[run.accelerator.process_index :: run.world] for f in run.features[i]
+            if f["task"] == task_id]
     if not mine and run.config.fsdp:
         return [f for i in rows for f in run.features[i] if f["task"] == task_id][:1], 0.0
     return mine, 1.0
@@ -472,7 +475,8 @@ def finish(run: Run, meter: Meter, seconds: float) -> dict:
     last_weights = gather(run.model, run.optimizer, run.config.fsdp)[0] if run.best["accuracy"] is None else None
     summary = {"steps": run.step, "max_steps": run.max_steps, "best_validation_accuracy": run.best["accuracy"],
                "best_step": run.best["step"], "train_examples": len(run.features),
-               "validation_examples": len(run.val_rows), "processes": run.world, "seconds_this_session": round(seconds, 1),
+               "validation_examples": len(run.val_rows), "processes": run.world,
+               "seconds_this_session": round(seconds, 1),
                "train_seconds_this_session": round(meter.total["seconds"], 2),
                "tokens_this_session": int(meter.total["tokens"]),
                "target_tokens_this_session": int(meter.total["target_tokens"]),

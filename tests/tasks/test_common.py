@@ -71,12 +71,14 @@ def test_validation_split_is_fixed_and_disjoint():
 
 def test_custom_task_jsonl_and_csv(tmp_path):
     jsonl = tmp_path / "mine.jsonl"
-    jsonl.write_text(json.dumps({"q": "2+2?", "ctx": "math", "answer": "4", "why": "two and two", "teacher": "4"}) + "\n")
+    jsonl.write_text(json.dumps({"q": "2+2?", "ctx": "math", "answer": "4", "why": "two and two",
+                                 "teacher": "4"}) + "\n")
     config = TaskConfig(task=str(jsonl), input_template="{ctx}: {q}", label_field="answer",
                         rationale_field="why", teacher_label_field="teacher", metric="equation")
     task = get_task(config)
     [example] = task.load("train")
-    assert (example.input, example.label, example.rationale, example.teacher_label) == ("math: 2+2?", "4", "two and two", "4")
+    assert (example.input, example.label, example.rationale, example.teacher_label) == ("math: 2+2?", "4",
+                                                                                        "two and two", "4")
     assert task.labels_match("2 + 2", "4")
     csv_path = tmp_path / "mine.csv"
     csv_path.write_text("text,label\nhello,greeting\nbye,\n")

@@ -14,7 +14,10 @@ def test_cqa_parses_choice_text_and_cuts_next_example():
 
 def test_cqa_teacher_label_must_name_one_of_the_rows_choices():
     row = Example(input="q", label="Fitness center", choices=("gym", "Istanbul", "country club", "Fitness center", "x"))
-    read = lambda text: read_teacher_answer(cqa.parse_completion, cqa.choice_label, text, row)
+
+    def read(text):
+        return read_teacher_answer(cqa.parse_completion, cqa.choice_label, text, row)
+
     assert read("It is a city. So the answer is (b) istanbul.") == ("It is a city.", "Istanbul", "istanbul")
     assert read("Sport. So the answer is either (c) country club or (d) fitness center.") == (
         None, None, "country club or (d) fitness center")
@@ -27,21 +30,24 @@ def test_cqa_malformed(bad):
 
 
 def test_svamp_parses_equation():
-    completion = "He scored 84 in 2 rounds. 84 / 2 = 42. The answer is (84 / 2).\n\nQ: There are 120 students. The answer is (120 / 3)."
+    completion = ("He scored 84 in 2 rounds. 84 / 2 = 42. The answer is (84 / 2).\n\n"
+                  "Q: There are 120 students. The answer is (120 / 3).")
     assert svamp.parse_completion(completion) == ("He scored 84 in 2 rounds. 84 / 2 = 42.", "84/2")
     assert svamp.parse_completion("The answer is 42.") == (None, None)
     assert svamp.parse_completion("I do not know (yet)") == (None, None)
 
 
 def test_esnli_parses_word_after_answer():
-    completion = "Not all churches have cracks.\nAnswer: neutral\n\nPremise: A church.\nHypothesis: x\nAnswer: entailment"
+    completion = ("Not all churches have cracks.\nAnswer: neutral\n\n"
+                  "Premise: A church.\nHypothesis: x\nAnswer: entailment")
     assert esnli.parse_completion(completion) == ("Not all churches have cracks.", "neutral")
     assert esnli.parse_completion("Some reasoning.\nAnswer: maybe") == (None, None)
     assert esnli.parse_completion("Answer: neutral") == (None, None)  # no rationale to learn from
 
 
 def test_anli_parses_after_so_the_answer_is():
-    completion = "London is in Europe. So the answer is entailment.\n\nPremise: x\nHypothesis: y\nAnswer: z. So the answer is neutral."
+    completion = ("London is in Europe. So the answer is entailment.\n\n"
+                  "Premise: x\nHypothesis: y\nAnswer: z. So the answer is neutral.")
     assert anli1.parse_completion(completion) == ("London is in Europe.", "entailment")
     assert anli1.parse_completion("London is in Europe. So the answer is yes.") == (None, None)
 

@@ -14,7 +14,14 @@ from dsbs.errors import DataError
 from dsbs.tasks.common import Example, Task
 
 NOT_TASKS = ("common", "custom")  # the shared code, and the reader of a user's own file
-BUILT_IN = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in NOT_TASKS))
+
+
+def built_in_names() -> tuple[str, ...]:
+    """Every module of this package that is a task, by name."""
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in NOT_TASKS))
+
+
+BUILT_IN = built_in_names()
 
 
 def built_in_task(name: str, data_dir=None) -> Task:
@@ -26,7 +33,7 @@ def built_in_task(name: str, data_dir=None) -> Task:
 
 def benchmarks() -> tuple[str, ...]:
     """The built-in tasks read from the paper's data layout (the others generate their rows)."""
-    return tuple(name for name in BUILT_IN if built_in_task(name).paper_layout)
+    return tuple(name for name in built_in_names() if built_in_task(name).paper_layout)
 
 
 @dataclass
@@ -54,7 +61,7 @@ class TaskConfig:
 
 
 def get_task(config: TaskConfig) -> Task:
-    if config.task in BUILT_IN:
+    if config.task in built_in_names():
         return built_in_task(config.task, config.data_dir)
     from dsbs.tasks import custom
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from dsbs.errors import DataError
+from dsbs.errors import ConfigError, DataError
 
 # single_task targets are "rationale + marker + label"; the label is read back after the last marker.
 SINGLE_TASK_MARKER = " So the answer is "
@@ -280,7 +280,7 @@ def split_validation(examples: list, fraction: float = 0.1, seed: int = 0) -> tu
 def subsample(examples: list, fraction: float, seed: int) -> list:
     """A seeded ``fraction`` of ``examples``, in their original order."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"data fraction must be in (0, 1], got {fraction}")
+        raise ConfigError(f"data fraction must be in (0, 1], got {fraction}")
     if fraction == 1:
         return list(examples)
     n = max(1, round(len(examples) * fraction))

@@ -78,9 +78,9 @@ def _load(config, split: str) -> list[Example]:
 def task(config) -> Task:
     path = Path(config.task)
     if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
-        from dsbs.tasks import BUILT_IN
+        from dsbs.tasks import built_in_names
 
-        raise DataError(f"unknown task {config.task!r}: use {', '.join(BUILT_IN)}, or a .jsonl/.csv file")
+        raise DataError(f"unknown task {config.task!r}: use {', '.join(built_in_names())}, or a .jsonl/.csv file")
     return Task(
         name=path.stem,
         load=partial(_load, config),

@@ -10,6 +10,7 @@ on real benchmarks.
 import random
 
 from dsbs.equation import equations_equal, evaluate_equation, is_equation
+from dsbs.errors import DataError
 from dsbs.tasks.common import Example, Task, cut_at_next_example, split_on_marker
 
 NAME = "demo"
@@ -25,7 +26,8 @@ def _problem(rng: random.Random) -> tuple[str, str, str]:
     shape = rng.randrange(4)
     if shape == 0:
         a, b, c = rng.randint(5, 60), rng.randint(2, 40), rng.randint(1, 20)
-        question = f"{who} has {a} {what}. {who} gets {b} more and then gives away {c}. How many {what} does {who} have now?"
+        question = (f"{who} has {a} {what}. {who} gets {b} more and then gives away {c}. "
+                    f"How many {what} does {who} have now?")
         return question, f"( ( {a} + {b} ) - {c} )", (
             f"{who} starts with {a} {what} and gets {b} more, so {a} + {b} = {a + b}. "
             f"Giving away {c} leaves {a + b} - {c} = {a + b - c}."
@@ -38,9 +40,11 @@ def _problem(rng: random.Random) -> tuple[str, str, str]:
         b = rng.randint(2, 9)
         total = b * rng.randint(2, 12)
         question = f"{who} shares {total} {what} equally among {b} friends. How many {what} does each friend get?"
-        return question, f"( {total} / {b} )", f"{total} {what} split among {b} friends is {total} / {b} = {total // b}."
+        rationale = f"{total} {what} split among {b} friends is {total} / {b} = {total // b}."
+        return question, f"( {total} / {b} )", rationale
     a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.randint(1, 30)
-    question = f"{who} buys {a} packs of {what} with {b} in each pack and already had {c}. How many {what} does {who} have?"
+    question = (f"{who} buys {a} packs of {what} with {b} in each pack and already had {c}. "
+                f"How many {what} does {who} have?")
     return question, f"( ( {a} * {b} ) + {c} )", (
         f"{a} packs of {b} is {a} * {b} = {a * b}. With the {c} {who} already had, {a * b} + {c} = {a * b + c}."
     )
@@ -48,7 +52,7 @@ def _problem(rng: random.Random) -> tuple[str, str, str]:
 
 def load(split: str) -> list[Example]:
     if split not in SPLIT_SIZES:
-        raise ValueError(f"the demo task has splits {sorted(SPLIT_SIZES)}, not {split!r}")
+        raise DataError(f"the demo task has splits {sorted(SPLIT_SIZES)}, not {split!r}")
     rng = random.Random(SPLIT_SEEDS[split])
     seen = {e.input for e in load("train")} if split == "test" else set()  # no test item seen in training
     examples = []
@@ -59,7 +63,8 @@ def load(split: str) -> list[Example]:
         seen.add(question)
         i = len(examples)
         answer = f"{evaluate_equation(equation):g}"
-        examples.append(Example(input=question, label=answer, rationale=rationale, teacher_label=answer, id=f"{split}-{i}"))
+        examples.append(Example(input=question, label=answer, rationale=rationale, teacher_label=answer,
+                                id=f"{split}-{i}"))
     return examples
 
 

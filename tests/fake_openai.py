@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("ok", "429", "500", "hang", "truncated", "garbage")
+FAULTS = ("ok", "429", "500", "hang", "truncated", "garbage", "trickle", "429-day", "401", "echo-auth", "huge")
 
 
 def item_of(body: dict) -> str:
@@ -43,11 +43,27 @@ class FakeOpenAI:
                     action = "ok"
                 if action == "429":
                     return self.reply(429, {"error": {"message": "slow down"}}, {"Retry-After": "0.1"})
+                if action == "429-day":
+                    return self.reply(429, {"error": {"message": "come back tomorrow"}}, {"Retry-After": "86400"})
+                if action == "401":
+                    return self.reply(401, {"error": {"message": "invalid api key"}})
+                if action == "echo-auth":  # a careless server quoting the request's credentials back
+                    return self.reply(400, {"error": {"message": f"bad request from {self.headers['Authorization']}"}})
+                if action == "trickle":  # a whole reply, one byte every 0.4 s
+                    data = b'{"choices": [{"text": "slow"}]}'
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    for byte in data:
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                        time.sleep(0.4)
+                    return
                 if action == "500":
                     return self.reply(500, {"error": {"message": "boom"}})
                 if action == "garbage":
                     return self.raw(200, b"<html>this is not json")
-                text = server.answer(item, attempt)
+                text = server.answer(item, attempt) if action != "huge" else "So the answer is 42. " * 200_000
                 if "messages" in body:
                     choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                     kind = "chat.completion"

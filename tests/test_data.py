@@ -85,3 +85,16 @@ def test_not_a_zip_is_rejected(server, tmp_path):
     with pytest.raises(DataError, match="did not return a zip"):
         download(url=server["url"], cache_dir=str(tmp_path))
     assert not (tmp_path / "datasets").exists()
+
+
+def test_an_archive_that_unpacks_too_large_is_refused_before_writing(server, tmp_path):
+    server["break_first"] = False
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("datasets/zeros.bin", bytes(50_000_000))  # 50 MB of zeros: a few kB on the wire
+    server["body"] = bomb.getvalue()
+    assert len(server["body"]) < 100_000
+    with pytest.raises(DataError, match=r"unpacks to 50,000,000 bytes, more than the limit of 10,000,000 "
+                                        r"\(max_unpacked_bytes\)"):
+        download(url=server["url"], cache_dir=str(tmp_path), max_unpacked_bytes=10_000_000)
+    assert not (tmp_path / "datasets").exists() and not list(tmp_path.glob(".unpack-*"))

@@ -23,6 +23,12 @@ def test_hostile_strings_raise_own_error(hostile):
         evaluate_equation(hostile)
 
 
+@pytest.mark.parametrize("python_only", ["0x10", "1_000", "0o17", "1e3", "2j", "1 # comment", "1 + \\\n 2", "0b11"])
+def test_only_decimal_arithmetic_is_accepted(python_only):
+    with pytest.raises(EquationError, match="decimal numbers"):
+        evaluate_equation(python_only)
+
+
 def test_equations_compared_by_value():
     assert equations_equal("(84 / 2)", "( 84.0 / 2.0 )")
     assert equations_equal("( 6 + 3 ) * 2", "18")

@@ -46,6 +46,17 @@ def test_predict_streams_jsonl_and_reports_bad_lines(trained, tmp_path):
     assert "skipped" in ok.stdout and ":2:" in ok.stdout
 
 
+def test_predict_refuses_to_write_over_its_input(trained, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"input": "2 boxes of 5?"}\n')
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(source)
+    for output in (source, link):
+        failed = run_cli("predict", "--model", trained, "--input", str(source), "--output", str(output))
+        assert failed.returncode == 2 and "is the input file" in failed.stderr
+    assert source.read_text() == '{"input": "2 boxes of 5?"}\n'
+
+
 def test_predict_resume_answers_only_the_missing_lines(trained, tmp_path):
     from dsbs.predict import predict_file
 

@@ -1,11 +1,15 @@
 """The HTTP service on loopback: /predict, /health, OpenAPI, limits, and the openai client as caller."""
 
+import dataclasses
+import http.client
 import json
+import socket
 import threading
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import pytest
 
@@ -15,23 +19,33 @@ openai = pytest.importorskip("openai", reason="the OpenAI-compatibility tests us
                                              "pip install -e '.[dev]'")
 pytest.importorskip("fastapi", reason="dsbs serve needs: pip install 'dsbs[serve]'")
 
+from dsbs.configs import ServeConfig  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def service(trained_student):
+    with running(ServeConfig(model=trained_student, max_inputs=8, max_input_chars=200)) as url:
+        yield url
+
+
+@contextmanager
+def running(config: ServeConfig):
+    """The service of ``config`` on a free loopback port, as `dsbs serve` runs it: (base URL)."""
     import uvicorn
 
-    from dsbs.serve import create_app
+    from dsbs.serve import create_app, uvicorn_config
 
-    app = create_app(trained_student, max_inputs=8, max_input_chars=200)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    config = dataclasses.replace(config, port=free_port())
+    server = uvicorn.Server(uvicorn_config(create_app(config), config))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://127.0.0.1:{config.port}"
     wait_until_up(url + "/health", wait_s=60)
-    yield url
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 def post(url: str, body, raw: bytes | None = None) -> tuple[int, dict]:
@@ -117,3 +131,87 @@ def test_batcher_survives_a_request_cancelled_while_it_waits():
     assert first.result(timeout=10) == [{"label": "A"}]
     assert batcher.submit(["c"], False).result(timeout=10) == [{"label": "C"}]
     batcher.close()
+
+
+@pytest.fixture(scope="module")
+def guarded(trained_student):
+    config = ServeConfig(model=trained_student, max_inputs=8, max_input_chars=200, api_key="s3cret-key",
+                         max_body_bytes=2000, max_queue=4, header_timeout=1.0)
+    with running(config) as url:
+        yield url
+
+
+def call(url: str, path: str, body: bytes | None = None, headers: dict | None = None, chunked: bool = False):
+    """(status, parsed body, response headers) of one request sent exactly as given."""
+    from urllib.parse import urlparse
+
+    address = urlparse(url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
+    connection.request("POST" if body is not None else "GET", path,
+                       body=iter([body[i : i + 500] for i in range(0, len(body), 500)]) if chunked else body,
+                       headers={"Content-Type": "application/json", **(headers or {})}, encode_chunked=chunked)
+    response = connection.getresponse()
+    status, payload, got = response.status, response.read(), dict(response.getheaders())
+    connection.close()
+    return status, json.loads(payload), got
+
+
+KEY = {"Authorization": "Bearer s3cret-key"}
+
+
+def test_the_api_key_guards_every_route_but_health(guarded):
+    body = json.dumps({"inputs": ["2 boxes of 4?"]}).encode()
+    assert call(guarded, "/health")[0] == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
+        status, payload, got = call(guarded, "/predict", body, headers)
+        assert status == 401 and "API key" in payload["detail"] and got.get("www-authenticate") == "Bearer"
+    assert call(guarded, "/v1/models")[0] == 401
+    assert call(guarded, "/predict", body, KEY)[0] == 200
+
+
+def test_a_chunked_body_is_counted_as_it_arrives(guarded):
+    big = json.dumps({"inputs": ["x" * 150] * 20}).encode()  # 3 kB, past the 2 kB limit, with no Content-Length
+    status, payload, _ = call(guarded, "/predict", big, KEY, chunked=True)
+    assert status == 413 and "max_body_bytes" in payload["detail"]
+    small = json.dumps({"inputs": ["2 boxes of 4?"]}).encode()
+    assert call(guarded, "/predict", small, KEY, chunked=True)[0] == 200
+
+
+def test_only_local_host_names_are_answered_on_loopback(guarded):
+    assert call(guarded, "/health", headers={"Host": "evil.example"})[0] == 400
+    assert call(guarded, "/health", headers={"Host": "localhost:8000"})[0] == 200
+
+
+def test_a_full_queue_answers_503_with_retry_after(guarded):
+    body = json.dumps({"inputs": ["one", "two", "three", "four", "five"]}).encode()  # 5 inputs, the queue holds 4
+    status, payload, got = call(guarded, "/predict", body, KEY)
+    assert status == 503 and "max_queue" in payload["detail"] and got["retry-after"] == "1"
+
+
+def test_a_request_past_its_deadline_gets_504(trained_student):
+    with running(ServeConfig(model=trained_student, request_timeout=0.001)) as url:
+        status, payload, _ = call(url, "/predict", json.dumps({"inputs": ["2 boxes of 4?"]}).encode())
+    assert status == 504 and "request_timeout" in payload["detail"]
+
+
+def test_a_client_trickling_its_headers_is_cut_off(guarded):
+    from urllib.parse import urlparse
+
+    def closed_by_server(s) -> bool:
+        try:
+            s.sendall(b"X")  # one more header byte, as slowloris sends them
+            return s.recv(1, socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+    address = urlparse(guarded)
+    open_sockets = [socket.create_connection((address.hostname, address.port), timeout=10) for _ in range(5)]
+    for s in open_sockets:
+        s.sendall(b"POST /predict HTTP/1.1\r\n")
+    started = time.monotonic()
+    while open_sockets and time.monotonic() - started < 8:
+        time.sleep(0.3)
+        open_sockets = [s for s in open_sockets if not closed_by_server(s)]
+    assert not open_sockets, "header_timeout is 1 s: every trickling connection must be closed"

@@ -15,14 +15,19 @@ schemathesis = pytest.importorskip("schemathesis")
 
 # Cases per operation and mode: the slow run sends thousands.
 EXAMPLES = int(os.environ.get("DSBS_FUZZ_EXAMPLES", "40"))
+API_KEY = "fuzz-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture(scope="module")
 def api_schema(trained_student):
+    from dsbs.configs import ServeConfig
     from dsbs.serve import create_app
 
-    app = create_app(trained_student, max_inputs=8, max_input_chars=200)
-    return schemathesis.openapi.from_asgi("/openapi.json", app)
+    # with the API key set, as a deployed service runs; the test client calls itself "testserver"
+    app = create_app(ServeConfig(model=trained_student, max_inputs=8, max_input_chars=200, api_key=API_KEY,
+                                 allowed_hosts="testserver"))
+    return schemathesis.openapi.from_asgi("/openapi.json", app, headers=AUTH)
 
 
 def fuzz(api_schema, examples: int) -> dict:
@@ -38,7 +43,7 @@ def fuzz(api_schema, examples: int) -> dict:
             @settings(max_examples=examples, deadline=None, database=None,
                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
             def send(case):
-                response = case.call(timeout=120)  # a slow answer on a loaded machine is not a failure
+                response = case.call(timeout=120, headers=AUTH)  # a slow answer on a loaded machine is no failure
                 counts["cases"] += 1
                 counts["2xx" if response.status_code < 300 else "4xx"] += response.status_code < 500
                 assert response.status_code < 500, (

@@ -11,8 +11,8 @@ import pytest
 
 from dsbs.prompts import completion_prompt, load_prompt
 from dsbs.tasks import TaskConfig, benchmarks, demo, get_task
-from dsbs.teach import RetryableError, TeachConfig, call_with_retries, teach
-from tests.conftest import DATA_DIR, needs_data
+from dsbs.teach import RetryableError, TeachConfig, TeacherStopped, call_with_retries, teach
+from tests.conftest import DATA_DIR, needs_data, run_dsbs
 from tests.fake_openai import FakeOpenAI
 
 DEMO = TaskConfig(task="demo")
@@ -166,3 +166,86 @@ def test_local_transformers_backend_records_unparsable_answers(tiny_causal, tmp_
     assert summary["items"] == 2 and summary["failed_items"] == 0
     assert all(len(d["completions"]) == 1 and d["completion_tokens"] > 0 for d in details)
     assert summary["parse_failures"] == sum(d["label"] is None for d in details)
+
+
+def test_a_trickling_server_cannot_hold_a_request_past_its_deadline(tmp_path):
+    with FakeOpenAI(script=lambda item, attempt: "trickle") as server:
+        started = time.monotonic()
+        summary = teach(DEMO, config(server, tmp_path, limit=1, timeout=1.0, max_retries=0))
+        assert time.monotonic() - started < 3.5  # the whole reply would take 12 s
+    [details] = read_jsonl(tmp_path / "teach" / "demo_train_teacher.jsonl")
+    assert summary["failed_items"] == 1 and "deadline" in details["errors"][0]
+
+
+def test_retry_after_is_capped_and_counted(tmp_path):
+    with FakeOpenAI(script=lambda item, attempt: "429-day" if attempt == 1 else "ok") as server:
+        started = time.monotonic()
+        summary = teach(DEMO, config(server, tmp_path, limit=2, max_retry_after=0.2))
+        assert time.monotonic() - started < 5
+    assert summary["retry_after_capped"] == 2 and summary["failed_items"] == 0
+
+
+def test_oversized_replies_are_cut_before_they_are_stored(tmp_path):
+    long_text = "Step. " * 2000 + "So the answer is 42."
+    script = {query(ROWS[0]): "huge", query(ROWS[1]): "ok"}
+    with FakeOpenAI(script=lambda item, attempt: script[item], answer=lambda item, attempt: long_text) as server:
+        summary = teach(DEMO, config(server, tmp_path, limit=2, max_tokens=16, max_retries=0))
+    details = read_jsonl(tmp_path / "teach" / "demo_train_teacher.jsonl")
+    assert summary["cut_replies"] == 2 and server.requests[query(ROWS[0])] == 1  # a 4 MB reply is not asked again
+    assert "reply larger than" in details[0]["errors"][0] and not details[0]["completions"]
+    assert len(details[1]["completions"][0]) == 32 * 16  # max_reply_chars: 32 x max_tokens
+    assert (tmp_path / "teach" / "cache.sqlite").stat().st_size < 200_000
+
+
+def test_a_refused_key_stops_the_run_at_once_and_nothing_stores_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-very-secret-key-123")
+    with FakeOpenAI(script=lambda item, attempt: "401") as server:
+        with pytest.raises(TeacherStopped, match=r"refused the request \(HTTP 401\).*OPENAI_API_KEY"):
+            teach(DEMO, config(server, tmp_path, limit=30, concurrency=2))
+        assert sum(server.requests.values()) <= 2 + 2  # what was in flight, not all 30
+    with FakeOpenAI(script=lambda item, attempt: "echo-auth") as server:
+        url = server.url.replace("http://", "http://admin:hunter2@")
+        summary = teach(DEMO, config(server, tmp_path / "echo", limit=2, base_url=url))
+    stored = "".join(p.read_text(errors="replace") for p in (tmp_path / "echo").rglob("*") if p.is_file())
+    assert "very-secret" not in stored and "hunter2" not in stored and "[redacted]" in stored
+    assert summary["config"]["base_url"].startswith("http://127.0.0.1:")
+
+
+def test_a_full_disk_stops_the_run_cleanly_and_keeps_what_was_stored(tmp_path):
+    import resource
+
+    def small_disk():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (96_000, 96_000))
+
+    with FakeOpenAI() as server:
+        args = ["teach", "--task", "demo", "--limit", "200", "--backend", "openai", "--base-url", server.url,
+                "--model", "fake", "--concurrency", "2", "--output", str(tmp_path / "teach")]
+        full = subprocess.run([sys.executable, "-m", "dsbs", *args], capture_output=True, text=True,
+                              preexec_fn=small_disk)
+        assert full.returncode == 2 and "cannot store the teacher's answers" in full.stderr
+        assert "Traceback" not in full.stderr
+        assert not list((tmp_path / "teach").rglob(".tmp-*")) and not (tmp_path / "teach" / "demo_train.jsonl").exists()
+        asked = sum(server.requests.values())
+        summary = json.loads(run_dsbs(*args).stdout)
+    assert summary["items"] == 200 and summary["failed_items"] == 0
+    assert 0 < summary["answers_from_cache"] < 200 and sum(server.requests.values()) <= asked + 200 - summary[
+        "answers_from_cache"]
+
+
+def test_ctrl_c_cancels_requests_not_yet_sent(tmp_path):
+    with FakeOpenAI(delay=0.1) as server:
+        args = ["teach", "--task", "demo", "--limit", "40", "--backend", "openai", "--base-url", server.url,
+                "--model", "fake", "--concurrency", "2", "--output", str(tmp_path)]
+        process = subprocess.Popen([sys.executable, "-m", "dsbs", *args], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while sum(server.requests.values()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 130 and "interrupted" in process.stderr.read()
+        time.sleep(0.3)
+        sent = sum(server.requests.values())
+        assert sent <= 4 + 2 + 1  # what had started; the 34 others were never sent
+        summary = json.loads(run_dsbs(*args).stdout)
+    assert summary["answers_from_cache"] >= 4 and summary["items"] == 40

@@ -156,3 +156,21 @@ def test_first_log_line_after_a_resume_averages_only_the_steps_it_ran(tiny_causa
     assert set(logged) == {4, 6}
     assert logged[4] == pytest.approx(per_step[4], rel=1e-4)  # one step since the resume, not a quarter of it
     assert logged[6] == pytest.approx((per_step[5] + per_step[6]) / 2, rel=1e-4)
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_refused_not_run(tiny_causal, tmp_path):
+    import pickle
+
+    train(DEMO, quick_config(tiny_causal, tmp_path, max_steps=2))
+    (tmp_path / "summary.json").unlink()  # as if the run had been killed after its checkpoint
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    state = tmp_path / "checkpoints" / "step-000002" / "training_state.pt"
+    state.write_bytes(pickle.dumps({"step": 2, "payload": Payload()}))
+    with pytest.raises(DataError, match="training_state.pt: refused: it holds more than tensors"):
+        train(DEMO, quick_config(tiny_causal, tmp_path, max_steps=2, resume=True))
+    assert not marker.exists()

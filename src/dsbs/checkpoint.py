@@ -7,11 +7,11 @@ planted in a run directory is refused, not executed. Every directory appears who
 """
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 from dsbs.errors import DataError, UserError
+from dsbs.files import replace_dir
 from dsbs.methods import get_method
 
 META_FILE = "dsbs.json"  # beside a saved student: how it was trained and how to prompt it
@@ -26,17 +26,6 @@ def read_meta(model_dir: str | Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
-
-
-def replace_dir(staging: Path, target: Path) -> None:
-    """Put ``staging`` at ``target`` so that a kill at any moment leaves one complete copy."""
-    old = target.with_name(f".old-{target.name}")
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_checkpoint(output: Path) -> Path | None:

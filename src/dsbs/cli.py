@@ -63,7 +63,8 @@ def cmd_download(args) -> None:
     from dsbs.data import download
 
     config = from_args(configs.DownloadConfig, args)
-    download(url=config.url, cache_dir=config.cache_dir, sha256=config.sha256, force=config.force)
+    download(url=config.url, cache_dir=config.cache_dir, sha256=config.sha256, force=config.force,
+             max_unpacked_bytes=config.max_unpacked_bytes)
 
 
 def cmd_inspect(args) -> None:
@@ -116,9 +117,7 @@ def cmd_predict(args) -> None:
 def cmd_serve(args) -> None:
     from dsbs.serve import serve
 
-    c = from_args(configs.ServeConfig, args)
-    serve(c.model, host=c.host, port=c.port, max_batch=c.max_batch, max_inputs=c.max_inputs,
-          max_input_chars=c.max_input_chars)
+    serve(from_args(configs.ServeConfig, args))
 
 
 def cmd_experiment(args) -> None:

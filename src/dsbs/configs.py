@@ -133,8 +133,12 @@ class TeachConfig:
     max_tokens: int = option(160, "most tokens per answer")
     samples: int = option(1, "answers per input; the majority label wins and only rationales that agree are kept")
     concurrency: int = option(4, "requests in flight at once")
-    timeout: float = option(120.0, "seconds before a request counts as failed and is retried")
+    timeout: float = option(120.0, "seconds a request may take from start to last byte before it counts as failed "
+                            "and is retried")
     max_retries: int = option(5, "retries per request after timeouts, 429, 5xx or unreadable replies")
+    max_retry_after: float = option(60.0, "longest pause a server's Retry-After can impose before a retry")
+    max_reply_chars: int | None = option(None, "characters of completion kept per reply, and (x8, plus 64 kB) "
+                                         "bytes read (default: 32 x max_tokens); longer ones are cut and counted")
     output: str = option("runs/teach", "output data directory (pass it as --data-dir to dsbs train)")
 
     def __post_init__(self):
@@ -160,6 +164,7 @@ class DownloadConfig:
     cache_dir: str | None = option(None, "default: $DSBS_CACHE_DIR or ~/.cache/dsbs")
     sha256: str | None = option(None, "expected checksum of the archive")
     force: bool = option(False, "download again even if present")
+    max_unpacked_bytes: int = option(4 << 30, "refuse an archive that would unpack to more than this")
 
 
 @dataclass
@@ -206,6 +211,18 @@ class ServeConfig:
     max_batch: int = option(32, "inputs generated together (concurrent requests are batched)")
     max_inputs: int = option(64, "inputs per request")
     max_input_chars: int = option(4000, "characters per input")
+    api_key: str | None = option(None, "require Authorization: Bearer KEY on every route but /health (default: "
+                                 "$DSBS_API_KEY; unset: no key)")
+    allowed_hosts: str | None = option(None, "comma-separated Host names to answer (default: local names when bound "
+                                       "to loopback, any otherwise)")
+    max_body_bytes: int = option(1_000_000, "largest request body, counted as it arrives (413 past it)")
+    max_queue: int = option(1024, "inputs waiting for the model at most (503 with Retry-After past it)")
+    request_timeout: float = option(60.0, "seconds from a request's headers to its answer (504 past it)")
+    header_timeout: float = option(10.0, "seconds a client has to send a request's headers before the connection "
+                                   "is closed")
+    limit_concurrency: int = option(256, "connections and requests handled at once (503 past it)")
+    keep_alive_timeout: float = option(5.0, "seconds an idle keep-alive connection stays open")
+    batch_wait_ms: float = option(5.0, "how long the batcher waits for more requests to join a batch")
 
 
 @dataclass

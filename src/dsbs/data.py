@@ -12,9 +12,11 @@ from pathlib import Path
 
 from dsbs.configs import PAPER_DATA_URL
 from dsbs.errors import DataError
+from dsbs.files import replace_dir, write_atomic
 from dsbs.tasks import TaskConfig, get_task
 
 MANIFEST = ".dsbs-complete.json"  # written last: its presence means the unpacked tree is whole
+MAX_UNPACKED_BYTES = 4 << 30  # the paper's datasets.zip unpacks to well under this
 
 
 def default_cache_dir() -> Path:
@@ -53,27 +55,53 @@ def _fetch(url: str, part: Path, timeout: float) -> int:
     return total
 
 
-def _unpack(archive: Path, target: Path, source: str) -> None:
-    """Extract into a staging dir beside ``target``, then move it into place in one rename."""
+def _unpack(archive: Path, target: Path, source: str, max_bytes: int = MAX_UNPACKED_BYTES) -> None:
+    """Extract into a staging dir beside ``target``, then move it into place in one rename.
+
+    An archive that would unpack to more than ``max_bytes`` is refused before anything is written;
+    the sizes its entries declare are checked, and each entry is copied counting what it really
+    yields, so a header that lies is caught too.
+    """
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
     try:
         with zipfile.ZipFile(archive) as zf:
-            for name in zf.namelist():
-                if name.startswith(("/", "\\")) or ".." in Path(name).parts:
-                    raise DataError(f"{archive}: unsafe path in archive: {name!r}")
-            zf.extractall(staging)
+            entries = zf.infolist()
+            for entry in entries:
+                if entry.filename.startswith(("/", "\\")) or ".." in Path(entry.filename).parts:
+                    raise DataError(f"{archive}: unsafe path in archive: {entry.filename!r}")
+            declared = sum(e.file_size for e in entries)
+            if declared > max_bytes:
+                raise DataError(f"{archive}: unpacks to {declared:,} bytes, more than the limit of {max_bytes:,} "
+                                "(max_unpacked_bytes); refusing it")
+            _extract_bounded(zf, entries, staging, max_bytes, archive)
         entries = [p for p in staging.iterdir() if p.name != "__MACOSX"]
         root = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
-        (root / MANIFEST).write_text(json.dumps({"source": source, "unpacked_at": time.time()}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(root, target)
+        write_atomic(root / MANIFEST, json.dumps({"source": source, "unpacked_at": time.time()}))
+        replace_dir(root, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def _extract_bounded(zf, entries, staging: Path, max_bytes: int, archive: Path) -> None:
+    written = 0
+    for entry in entries:
+        path = staging / entry.filename
+        if entry.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(entry) as source, open(path, "wb") as out:
+            while chunk := source.read(1 << 20):
+                written += len(chunk)
+                if written > max_bytes:
+                    raise DataError(f"{archive}: unpacks to more than the limit of {max_bytes:,} bytes "
+                                    "(max_unpacked_bytes); refusing it")
+                out.write(chunk)
+
+
 def download(url: str = PAPER_DATA_URL, cache_dir: str | None = None, sha256: str | None = None,
-             force: bool = False, retries: int = 3, timeout: float = 60.0) -> Path:
+             force: bool = False, retries: int = 3, timeout: float = 60.0,
+             max_unpacked_bytes: int = MAX_UNPACKED_BYTES) -> Path:
     """Fetch and unpack the paper's ``datasets.zip``; returns the data dir the loaders read."""
     import http.client
     import urllib.error
@@ -105,7 +133,7 @@ def download(url: str = PAPER_DATA_URL, cache_dir: str | None = None, sha256: st
     if not zipfile.is_zipfile(part):
         part.unlink()
         raise DataError(f"{url} did not return a zip archive")
-    _unpack(part, target, url)
+    _unpack(part, target, url, max_unpacked_bytes)
     part.unlink()
     print(f"data ready in {target}")
     return target

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from dsbs.configs import DemoConfig, TrainConfig
 from dsbs.evaluate import evaluate
+from dsbs.files import write_atomic
 from dsbs.tasks import TaskConfig
 from dsbs.train import train
 
@@ -35,7 +36,7 @@ def run_demo(demo: DemoConfig) -> list[dict]:
     table += [f"| {r['method']} | {r['steps']} | {r['train_examples']} | {r['test_accuracy']:.1%} | {r['test_n']} |"
               for r in rows]
     text = "\n".join(table)
-    (Path(output) / "results.md").write_text(text + "\n")
-    (Path(output) / "results.json").write_text(json.dumps(rows, indent=2))
+    write_atomic(Path(output) / "results.md", text + "\n")
+    write_atomic(Path(output) / "results.json", json.dumps(rows, indent=2))
     print("\nDemo task (generated arithmetic problems, scripted teacher rationales):\n" + text)
     return rows

@@ -19,6 +19,9 @@ _UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
 # WordPiece students (BERT-style vocabularies) decode "5.0" as "5. 0" or "5 . 0"; in arithmetic a
 # dot between two digits can only be a decimal point.
 _SPLIT_DECIMAL = re.compile(r"(\d) ?\. ?(\d)")
+# Decimal numbers, + - * /, brackets and spaces: Python's other number syntax (0x10, 1_000, 0o17,
+# 1e3, 2j), comments and line continuations are not arithmetic a teacher or student writes.
+_ALLOWED = re.compile(r"[0-9.+\-*/()\s]*")
 
 
 class EquationError(ValueError):
@@ -35,6 +38,8 @@ def _parse(text: str) -> ast.expr:
     if len(text) > MAX_CHARS:
         raise EquationError(f"expression longer than {MAX_CHARS} characters")
     text = _SPLIT_DECIMAL.sub(r"\1.\2", text)
+    if not _ALLOWED.fullmatch(text):
+        raise EquationError(f"not an arithmetic expression of decimal numbers: {text[:60]!r}")
     try:
         tree = ast.parse(text, mode="eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError) as err:

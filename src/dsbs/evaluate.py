@@ -5,6 +5,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from dsbs.files import write_atomic
 from dsbs.tasks import TaskConfig, get_task
 
 
@@ -50,8 +51,6 @@ def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, 
     if output:
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "predictions.jsonl", "w") as f:
-            for record in records:
-                f.write(json.dumps(record) + "\n")
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_atomic(out / "predictions.jsonl", "".join(json.dumps(record) + "\n" for record in records))
+        write_atomic(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from dsbs.configs import TrainConfig, option
 from dsbs.errors import ConfigError, DataError
-from dsbs.files import append_line, write_atomic
+from dsbs.files import append_line, exclusive, write_atomic
 from dsbs.methods import METHOD_NAMES
 from dsbs.models import DEFAULT_STUDENT
 from dsbs.tasks import TaskConfig
@@ -247,8 +247,12 @@ def run_experiment(recipe: Recipe, jobs: int = 1, deadline: float | None = None,
     ``deadline`` (a time.time() value): start nothing after it and stop runs still going (they
     resume from their last checkpoint next time). ``on_result`` is called after each new line.
     """
+    with exclusive(recipe.output, "experiment"):
+        return sweep(recipe, jobs, deadline, on_result)
+
+
+def sweep(recipe: Recipe, jobs: int, deadline: float | None, on_result) -> list[dict]:
     output = Path(recipe.output)
-    output.mkdir(parents=True, exist_ok=True)
     write_atomic(output / "recipe.json", json.dumps(dataclasses.asdict(recipe), indent=2))
     results_path = output / "results.jsonl"
     done = {r["run"] for r in read_appended_jsonl(results_path)}

@@ -1,9 +1,11 @@
 """`dsbs predict`: the deployment path, JSONL in and JSONL out, streamed in batches."""
 
 import json
+import os
 from itertools import islice
 from pathlib import Path
 
+from dsbs.files import exclusive
 from dsbs.tasks.common import DataError, read_appended_jsonl
 
 
@@ -45,15 +47,25 @@ def predict_file(model_dir: str, input: str, output: str, input_field: str = "in
     Predictions are appended batch by batch, so after a kill ``resume`` answers only the lines
     that are not in ``output`` yet.
     """
+    path = Path(input)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if Path(output).exists() and os.path.samefile(path, output):
+        raise DataError(f"--output {output} is the input file {path} (or a link to it): it would be emptied; "
+                        "choose another output")
+    with exclusive(output, "predict"):
+        return _predict_file(model_dir, path, Path(output), input_field, batch_size, with_rationale, skip_bad_lines,
+                             resume)
+
+
+def _predict_file(model_dir, path: Path, output: Path, input_field, batch_size, with_rationale, skip_bad_lines,
+                  resume) -> dict:
     from tqdm.auto import tqdm
 
     from dsbs.checkpoint import read_meta
     from dsbs.inference import predict
     from dsbs.models import load_student
 
-    path = Path(input)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
     meta = read_meta(model_dir)
     model, tokenizer = load_student(model_dir, for_inference=True)
     done = finished_lines(Path(output)) if resume else set()

@@ -3,27 +3,48 @@
 Requests that arrive together are answered in one generation batch: handlers put their inputs
 on a queue and a single worker thread drains it, so the model runs one batch at a time and
 concurrency turns into batch size rather than contention.
+
+Every request passes a guard first (``Guard``): the Host header, the API key, the body's size as
+it arrives (a chunked body has no Content-Length to trust) and an overall deadline. The waiting
+queue is bounded (503 with Retry-After when full), and the HTTP protocol itself closes a
+connection whose request headers do not arrive in time (uvicorn has no such timeout).
 """
 
+import asyncio
+import hmac
+import json
+import os
 import queue
 import threading
 import time
 from concurrent.futures import Future
 from pathlib import Path
 
+from dsbs.configs import ServeConfig
 from dsbs.errors import MissingDependency
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+class QueueFull(Exception):
+    """More inputs are waiting than the service accepts (max_queue)."""
 
 
 class Batcher:
     """Collects inputs from concurrent requests into batches of at most ``max_batch`` for one model."""
 
-    def __init__(self, predict_fn, max_batch: int, wait_s: float):
-        self.predict_fn, self.max_batch, self.wait_s = predict_fn, max_batch, wait_s
+    def __init__(self, predict_fn, max_batch: int, wait_s: float, max_queue: int = 1024):
+        self.predict_fn, self.max_batch, self.wait_s, self.max_queue = predict_fn, max_batch, wait_s, max_queue
         self.queue: queue.Queue = queue.Queue()
+        self.waiting, self.count_lock = 0, threading.Lock()  # inputs submitted and not yet taken
         self.thread = threading.Thread(target=self._run, daemon=True, name="dsbs-batcher")
         self.thread.start()
 
     def submit(self, inputs: list[str], rationale: bool) -> Future:
+        with self.count_lock:
+            if self.waiting + len(inputs) > self.max_queue:
+                raise QueueFull(f"{self.waiting} inputs are waiting; the queue holds {self.max_queue} (max_queue)")
+            self.waiting += len(inputs)
         future: Future = Future()
         self.queue.put((inputs, rationale, future))
         return future
@@ -32,76 +53,147 @@ class Batcher:
         self.queue.put(None)
         self.thread.join(timeout=30)
 
+    def _take(self) -> list | None:
+        """The next jobs to run together: what arrives within ``wait_s`` of the first, up to max_batch inputs."""
+        job = self.queue.get()
+        if job is None:
+            return None
+        jobs, size = [job], len(job[0])
+        deadline = time.perf_counter() + self.wait_s
+        while size < self.max_batch:
+            try:
+                nxt = self.queue.get(timeout=max(0.0, deadline - time.perf_counter()))
+            except queue.Empty:
+                break
+            if nxt is None:
+                self.queue.put(None)
+                break
+            jobs.append(nxt)
+            size += len(nxt[0])
+        with self.count_lock:
+            self.waiting -= size
+        return jobs
+
     def _run(self) -> None:
-        while True:
-            job = self.queue.get()
-            if job is None:
-                return
-            jobs = [job]
-            size = len(job[0])
-            deadline = time.perf_counter() + self.wait_s
-            while size < self.max_batch:  # gather what else arrives in the next few milliseconds
-                try:
-                    nxt = self.queue.get(timeout=max(0.0, deadline - time.perf_counter()))
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self.queue.put(None)
-                    break
-                jobs.append(nxt)
-                size += len(nxt[0])
-            # A request whose client went away has a cancelled future: drop it. The others are
-            # marked running, which makes them uncancellable, so setting their result cannot fail.
+        while (jobs := self._take()) is not None:
+            # A request whose client went away (or whose deadline passed) has a cancelled future: drop
+            # it. The others are marked running, which makes them uncancellable, so setting their
+            # result cannot fail.
             jobs = [j for j in jobs if j[2].set_running_or_notify_cancel()]
             for rationale in (False, True):
                 group = [j for j in jobs if j[1] == rationale]
-                if not group:
-                    continue
-                texts = [t for inputs, _, _ in group for t in inputs]
-                try:
-                    results = self.predict_fn(texts, rationale)
-                except Exception as err:  # the requests fail, the service stays up
-                    for _, _, future in group:
-                        future.set_exception(err)
-                    continue
-                offset = 0
-                for inputs, _, future in group:
-                    future.set_result(results[offset : offset + len(inputs)])
-                    offset += len(inputs)
+                if group:
+                    self._answer(group, rationale)
+
+    def _answer(self, group: list, rationale: bool) -> None:
+        texts = [t for inputs, _, _ in group for t in inputs]
+        try:
+            results = self.predict_fn(texts, rationale)
+        except Exception as err:  # the requests fail, the service stays up
+            for _, _, future in group:
+                future.set_exception(err)
+            return
+        offset = 0
+        for inputs, _, future in group:
+            future.set_result(results[offset : offset + len(inputs)])
+            offset += len(inputs)
 
 
-def create_app(model_dir: str, max_batch: int = 32, max_inputs: int = 64, max_input_chars: int = 4000,
-               max_body_bytes: int = 1_000_000, batch_wait_ms: float = 5.0):
-    """The FastAPI app serving the student in ``model_dir``."""
-    try:
-        from fastapi import FastAPI, HTTPException, Request
-        from fastapi.responses import JSONResponse
-        from pydantic import BaseModel, Field
-    except ImportError:
-        raise MissingDependency("dsbs serve needs FastAPI and uvicorn: pip install 'dsbs[serve]'") from None
-    import asyncio
-    from contextlib import asynccontextmanager
+def allowed_hosts(config: ServeConfig) -> set[str] | None:
+    """Host names the service answers to; None: any (bound to a public address and none given)."""
+    if config.allowed_hosts:
+        return {h.strip().lower() for h in config.allowed_hosts.split(",") if h.strip()}
+    return set(LOOPBACK_NAMES) if config.host in LOOPBACK_NAMES else None
+
+
+def host_name(value: str) -> str:
+    """The name of a Host header without its port ("[::1]:8000" -> "::1")."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Guard:
+    """ASGI middleware in front of the app: Host, API key, body size as it arrives, overall deadline."""
+
+    def __init__(self, app, config: ServeConfig, api_key: str | None):
+        self.app, self.config, self.api_key = app, config, api_key
+        self.hosts = allowed_hosts(config)
+        self.too_large = f"request body larger than {config.max_body_bytes} bytes (max_body_bytes)"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = self.refusal(scope, headers)
+        if refusal:
+            return await respond(send, *refusal)
+        started = {"response": False}
+
+        async def tracked_send(message):
+            started["response"] |= message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await asyncio.wait_for(self.run(scope, receive, tracked_send), self.config.request_timeout)
+        except BodyTooLarge:
+            await respond(send, 413, self.too_large)
+        except TimeoutError:
+            if not started["response"]:
+                await respond(send, 504, f"no answer within {self.config.request_timeout:g} s (request_timeout)")
+
+    async def run(self, scope, receive, send):
+        """The app on the whole body, read first and counted as it arrives (chunked or not)."""
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.config.max_body_bytes:
+                raise BodyTooLarge
+        replay = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def replayed():
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replayed, send)
+
+    def refusal(self, scope, headers: dict) -> tuple | None:
+        """(status, message, extra headers) of a request refused before it runs, or None."""
+        if self.hosts is not None and host_name(headers.get("host", "")) not in self.hosts:
+            return 400, "invalid Host header (allowed_hosts)", {}
+        if self.api_key and scope["path"] != "/health":
+            given = headers.get("authorization", "")
+            token = given[7:] if given[:7].lower() == "bearer " else ""
+            if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+                return 401, "missing or wrong API key (Authorization: Bearer KEY)", {"www-authenticate": "Bearer"}
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.config.max_body_bytes):
+            return 413, self.too_large, {}
+        return None
+
+
+async def respond(send, status: int, detail: str, headers: dict | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    extra = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close"), *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def request_models(max_inputs: int, max_input_chars: int):
+    """The pydantic request and response bodies (their limits appear in the published schema)."""
     from typing import Annotated
 
-    from dsbs.checkpoint import read_meta
-    from dsbs.inference import predict
-    from dsbs.models import load_student
-
-    meta = read_meta(model_dir)
-    model, tokenizer = load_student(model_dir, for_inference=True)
-    name = Path(model_dir).resolve().parent.name if Path(model_dir).name == "model" else Path(model_dir).name
-    lock = threading.Lock()
-
-    def predict_fn(texts: list[str], rationale: bool) -> list[dict]:
-        with lock:
-            return predict(model, tokenizer, meta, texts, with_rationale=rationale, batch_size=max_batch)
-
-    batcher = Batcher(predict_fn, max_batch, batch_wait_ms / 1000)
-
-    @asynccontextmanager
-    async def lifespan(app):
-        yield
-        batcher.close()  # graceful shutdown: finish the batch in hand, then stop
+    from pydantic import BaseModel, Field
 
     class PredictRequest(BaseModel):
         inputs: list[Annotated[str, Field(min_length=1, max_length=max_input_chars)]] = Field(
@@ -126,21 +218,51 @@ def create_app(model_dir: str, max_batch: int = 32, max_inputs: int = 64, max_in
         max_tokens: int | None = Field(default=None, ge=1)
         temperature: float | None = Field(default=None, ge=0)
 
+    return PredictRequest, PredictResponse, ChatRequest
+
+
+def create_app(config: ServeConfig):
+    """The FastAPI app serving the student in ``config.model``, behind its Guard."""
+    try:
+        from fastapi import FastAPI, HTTPException
+    except ImportError:
+        raise MissingDependency("dsbs serve needs FastAPI and uvicorn: pip install 'dsbs[serve]'") from None
+    from contextlib import asynccontextmanager
+
+    from dsbs.checkpoint import read_meta
+    from dsbs.inference import predict
+    from dsbs.models import load_student
+
+    meta = read_meta(config.model)
+    model, tokenizer = load_student(config.model, for_inference=True)
+    path = Path(config.model)
+    name = path.resolve().parent.name if path.name == "model" else path.name
+    lock = threading.Lock()
+
+    def predict_fn(texts: list[str], rationale: bool) -> list[dict]:
+        with lock:
+            return predict(model, tokenizer, meta, texts, with_rationale=rationale, batch_size=config.max_batch)
+
+    batcher = Batcher(predict_fn, config.max_batch, config.batch_wait_ms / 1000, config.max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        batcher.close()  # graceful shutdown: finish the batch in hand, then stop
+
+    PredictRequest, PredictResponse, ChatRequest = request_models(config.max_inputs, config.max_input_chars)
     app = FastAPI(title="dsbs student", version="1", lifespan=lifespan,
                   description=f"{meta['method']} student for {meta['task']}: label-only answers, no rationale tokens")
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            return JSONResponse({"detail": f"request body larger than {max_body_bytes} bytes"}, status_code=413)
-        return await call_next(request)
-
     async def answer(inputs: list[str], rationale: bool) -> list[dict]:
         for i, item in enumerate(inputs):
-            if not item.strip() or len(item) > max_input_chars:
-                raise HTTPException(422, f"inputs[{i}] must be 1 to {max_input_chars} characters")
-        return await asyncio.wrap_future(batcher.submit(inputs, rationale))
+            if not item.strip() or len(item) > config.max_input_chars:
+                raise HTTPException(422, f"inputs[{i}] must be 1 to {config.max_input_chars} characters")
+        try:
+            future = batcher.submit(inputs, rationale)
+        except QueueFull as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": "1"}) from None
+        return await asyncio.wrap_future(future)  # a deadline cancels it, and the batcher then skips it
 
     @app.get("/health")
     async def health() -> dict:
@@ -160,20 +282,76 @@ def create_app(model_dir: str, max_batch: int = 32, max_inputs: int = 64, max_in
         if not users:
             raise HTTPException(422, "messages need at least one user message: its content is the input")
         [result] = await answer([users[-1]], False)
-        prompt_tokens = len(tokenizer(users[-1])["input_ids"])
-        completion_tokens = len(tokenizer(result["label"])["input_ids"])
-        return {
-            "id": f"dsbs-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()), "model": name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": result["label"]},
-                         "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        }
+        return chat_completion(name, result["label"], len(tokenizer(users[-1])["input_ids"]),
+                               len(tokenizer(result["label"])["input_ids"]))
 
-    return app
+    return Guard(app, config, config.api_key or os.environ.get("DSBS_API_KEY"))
 
 
-def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, **limits) -> None:
+def chat_completion(name: str, label: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    return {
+        "id": f"dsbs-{time.time_ns()}", "object": "chat.completion", "created": int(time.time()), "model": name,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": label}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def header_deadline_protocol(seconds: float):
+    """uvicorn's h11 protocol, closing a connection whose request headers take longer than ``seconds``.
+
+    The timer is armed when a connection opens and after each response (keep-alive), and disarmed
+    when a request's headers are complete; the body is bounded by the Guard's request deadline.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self):
+            self.header_timer = self.loop.call_later(seconds, self._expire)
+
+        def _expire(self):
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.close()
+
+        def handle_events(self):
+            super().handle_events()
+            if self.cycle is not None and not self.cycle.response_complete:
+                self.header_timer.cancel()
+
+        def on_response_complete(self):
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self.header_timer.cancel()
+                self._arm()
+
+        def connection_lost(self, exc):
+            self.header_timer.cancel()
+            super().connection_lost(exc)
+
+    return HeaderDeadline
+
+
+def uvicorn_config(app, config: ServeConfig):
     import uvicorn
 
-    uvicorn.run(create_app(model_dir, **limits), host=host, port=port, timeout_graceful_shutdown=30)
+    return uvicorn.Config(app, host=config.host, port=config.port, http=header_deadline_protocol(config.header_timeout),
+                          limit_concurrency=config.limit_concurrency, timeout_keep_alive=config.keep_alive_timeout,
+                          timeout_graceful_shutdown=30, log_level="info")
+
+
+def serve(config: ServeConfig) -> None:
+    import uvicorn
+
+    if config.api_key:
+        print("warning: --api-key on the command line is visible to other users of this machine (ps); "
+              "prefer $DSBS_API_KEY")
+    if allowed_hosts(config) is None:
+        print(f"note: bound to {config.host} with no --allowed-hosts: any Host header is accepted")
+    if not (config.api_key or os.environ.get("DSBS_API_KEY")) and config.host not in LOOPBACK_NAMES:
+        print(f"note: no API key: anyone who reaches {config.host}:{config.port} can use the model "
+              "(set $DSBS_API_KEY)")
+    uvicorn.Server(uvicorn_config(create_app(config), config)).run()

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -20,8 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dsbs.configs import TeachConfig
-from dsbs.errors import MissingDependency
-from dsbs.files import write_atomic
+from dsbs.errors import MissingDependency, UserError
+from dsbs.files import exclusive, write_atomic
 from dsbs.models import DEFAULT_STUDENT
 from dsbs.prompts import chat_messages, completion_prompt, exemplars_from_rows, load_prompt
 from dsbs.tasks import TaskConfig, get_task
@@ -36,65 +37,151 @@ class RetryableError(Exception):
         self.retry_after = retry_after
 
 
+class TeacherStopped(UserError):
+    """The run cannot go on: the teacher refuses our credentials, or answers cannot be stored."""
+
+
 def backoff_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
     """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
     return random.uniform(0, min(cap, base * 2**attempt))
 
 
-def call_with_retries(call, max_retries: int, sleep=time.sleep):
-    """call() until it succeeds, a non-retryable error, or max_retries retries; Retry-After is honoured."""
+def call_with_retries(call, max_retries: int, sleep=time.sleep, max_retry_after: float = 60.0, on_capped=None):
+    """call() until it succeeds, a non-retryable error, or max_retries retries.
+
+    A server's Retry-After is honoured up to ``max_retry_after`` seconds (``on_capped`` hears of
+    each cut): a server asking for a day's pause must not stall the run for a day.
+    """
     for attempt in range(max_retries + 1):
         try:
             return call()
         except RetryableError as err:
             if attempt == max_retries:
                 raise
-            sleep(err.retry_after if err.retry_after is not None else backoff_delay(attempt))
+            delay = err.retry_after if err.retry_after is not None else backoff_delay(attempt)
+            if delay > max_retry_after:
+                delay = max_retry_after
+                if on_capped:
+                    on_capped(err.retry_after)
+            sleep(delay)
 
 
-class OpenAIBackend:
-    """Any OpenAI-compatible server through the official client (its own retries off: ours count)."""
+_BEARER = re.compile(r"(?i)((?:bearer|basic)\s+)[^\s\"',;]+")
+_KEY_LIKE = re.compile(r"(?i)\b(sk|pk|hf|rk)[-_][A-Za-z0-9_\-]{8,}")
+_KEY_PARAM = re.compile(r"(?i)((?:api[_-]?key|key|token|access_token|password)=)[^&\s\"']+")
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` without credentials: bearer and basic tokens, key-shaped strings, key=... and ``secrets``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    text = _BEARER.sub(r"\1[redacted]", text)
+    text = _KEY_PARAM.sub(r"\1[redacted]", text)
+    return _KEY_LIKE.sub("[redacted]", text)
+
+
+def safe_url(url: str | None) -> str | None:
+    """A URL as it may be stored: no user:password@, no credential query parameters."""
+    if not url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return redact(urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)))
+
+
+def reply_limit(config: TeachConfig) -> int:
+    """Characters of completion text kept per reply: a token is rarely more than a few characters."""
+    return config.max_reply_chars or 32 * config.max_tokens
+
+
+class HTTPBackend:
+    """Any OpenAI-compatible server (OpenAI, vLLM, llama.cpp, Ollama, TGI) over plain HTTP.
+
+    Every request has an overall deadline (``timeout``: a server trickling bytes cannot hold it
+    open longer), its reply is read up to a size bound derived from max_tokens, 401/403 stop the
+    run, and no credential ends up in an error text.
+    """
 
     def __init__(self, config: TeachConfig):
         try:
-            import openai
+            import httpx
         except ImportError:
-            raise MissingDependency("the openai backend needs the openai package: pip install 'dsbs[openai]'") from None
-        self.openai = openai
-        self.client = openai.OpenAI(base_url=config.base_url, api_key=os.environ.get(config.api_key_env) or "none",
-                                    timeout=config.timeout, max_retries=0)
-        self.model = config.model
+            raise MissingDependency("the openai backend needs httpx: pip install 'dsbs[openai]'") from None
+        self.httpx, self.config = httpx, config
+        self.key = os.environ.get(config.api_key_env) or ""
+        self.base = (config.base_url or "https://api.openai.com/v1").rstrip("/")
+        self.headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
+        self.max_bytes = 65536 + 8 * reply_limit(config)  # JSON around the text, escapes, usage
+        self.client = httpx.Client(timeout=httpx.Timeout(config.timeout))
 
     def __call__(self, request: dict) -> dict:
-        openai = self.openai
+        path = "/chat/completions" if "messages" in request else "/completions"
+        deadline = time.monotonic() + self.config.timeout
         try:
-            if "messages" in request:
-                reply = self.client.chat.completions.create(model=self.model, **request)
-                text = reply.choices[0].message.content
-            else:
-                reply = self.client.completions.create(model=self.model, **request)
-                text = reply.choices[0].text
-        except openai.RateLimitError as err:
-            raise RetryableError(f"429: {err}", _retry_after(err.response)) from None
-        except openai.APIStatusError as err:
-            if err.status_code >= 500 or err.status_code in (408, 409):
-                raise RetryableError(f"{err.status_code}: {err}", _retry_after(err.response)) from None
-            raise
-        except (openai.APITimeoutError, openai.APIConnectionError, openai.APIResponseValidationError) as err:
-            raise RetryableError(f"{type(err).__name__}: {err}") from None
-        except (ValueError, AttributeError, IndexError, TypeError, KeyError) as err:  # a garbled body
-            raise RetryableError(f"unreadable reply: {err!r}") from None
+            with self.client.stream("POST", self.base + path, json={"model": self.config.model, **request},
+                                    headers=self.headers) as response:
+                body = self._read(response, deadline)
+        except self.httpx.HTTPError as err:  # timeouts, refused or dropped connections, broken transfers
+            raise RetryableError(self._clean(f"{type(err).__name__}: {err}")) from None
+        self._check_status(response.status_code, body, response.headers.get("retry-after"))
+        return self._parse(body)
+
+    def _read(self, response, deadline: float) -> bytes:
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            chunks.append(chunk)
+            size += len(chunk)
+            if time.monotonic() > deadline:
+                raise RetryableError(f"no whole reply within the {self.config.timeout:g} s deadline (timeout)")
+            if size > self.max_bytes:
+                raise ReplyTooLarge(f"reply larger than {self.max_bytes:,} bytes for max_tokens "
+                                    f"{self.config.max_tokens} (max_reply_chars); not read further")
+        return b"".join(chunks)
+
+    def _check_status(self, status: int, body: bytes, retry_after: str | None) -> None:
+        if status < 400:
+            return
+        detail = self._clean(body[:500].decode("utf-8", "replace"))
+        if status in (401, 403):
+            raise TeacherStopped(f"the teacher at {safe_url(self.base)} refused the request (HTTP {status}): {detail}; "
+                                 f"check the key in ${self.config.api_key_env} and --model")
+        if status == 429 or status >= 500 or status in (408, 409):
+            raise RetryableError(f"HTTP {status}: {detail}", _seconds(retry_after))
+        raise RequestRefused(f"HTTP {status}: {detail}")
+
+    def _parse(self, body: bytes) -> dict:
+        try:
+            reply = json.loads(body)
+            choice = reply["choices"][0]
+            text = choice["message"]["content"] if "message" in choice else choice["text"]
+            usage = reply.get("usage") or {}
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
+            raise RetryableError(f"unreadable reply: {type(err).__name__}") from None
         if not isinstance(text, str):
             raise RetryableError("reply without text")
-        usage = reply.usage
-        return {"text": text, "prompt_tokens": getattr(usage, "prompt_tokens", None),
-                "completion_tokens": getattr(usage, "completion_tokens", None)}
+        return {"text": text, "prompt_tokens": usage.get("prompt_tokens"),
+                "completion_tokens": usage.get("completion_tokens")}
+
+    def _clean(self, text: str) -> str:
+        return redact(text, (self.key,))
 
 
-def _retry_after(response) -> float | None:
+class ReplyTooLarge(Exception):
+    """A reply past the size bound: not retried (the same server would do it again), recorded as cut."""
+
+
+class RequestRefused(Exception):
+    """A 4xx other than 401/403/408/409/429: this request is wrong; other items may still work."""
+
+
+def _seconds(value: str | None) -> float | None:
     try:
-        return max(0.0, float(response.headers.get("retry-after")))
-    except (TypeError, ValueError, AttributeError):
+        return max(0.0, float(value))
+    except (TypeError, ValueError):
         return None
 
 
@@ -172,6 +259,7 @@ class AnswerCache:
 
     def __init__(self, path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
         self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, answer TEXT NOT NULL)")
@@ -183,8 +271,12 @@ class AnswerCache:
         return json.loads(row[0]) if row else None
 
     def put(self, key: str, answer: dict) -> None:
-        with self.lock:
-            self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?)", (key, json.dumps(answer)))
+        try:
+            with self.lock:
+                self.db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?)", (key, json.dumps(answer)))
+        except (sqlite3.Error, OSError) as err:
+            raise TeacherStopped(f"cannot store the teacher's answers in {self.path} ({err}); the answers stored "
+                                 "so far are kept: free space and run the same command again") from None
 
 
 def request_key(config: TeachConfig, request: dict, sample: int) -> str:
@@ -204,103 +296,148 @@ def majority(parsed: list[tuple[str | None, str | None]]) -> tuple[str | None, s
     return (agreeing[0] if agreeing else None), label, agreeing
 
 
+def teacher_prompt(task_config: TaskConfig, config: TeachConfig, task, rows):
+    """The few-shot prompt: a file, the task's own, or (own tasks) exemplars from its labelled rows."""
+    from dsbs.prompts import PromptSpec
+
+    if config.prompt_file or task.paper_layout:
+        return load_prompt(config.prompt_file or task_config.task)
+    return PromptSpec("", "Q: {input}\nA:", ("\nQ:",), exemplars_from_rows(rows))
+
+
+def make_request(config: TeachConfig, spec, text: str) -> dict:
+    sampling = {"temperature": config.temperature, "max_tokens": config.max_tokens, "stop": list(spec.stop)}
+    if config.api == "chat":
+        return {"messages": chat_messages(spec, text), **sampling}
+    return {"prompt": completion_prompt(spec, text), **sampling}
+
+
+def ask(backend, request: dict, key: str, cache: "AnswerCache", config: TeachConfig, stats: Counter) -> dict:
+    """One request with retries, its reply cut to the bound, stored before it is returned."""
+    def capped(asked: float) -> None:
+        stats["retry_after_capped"] += 1
+        print(f"the teacher asked for a {asked:g} s pause; waiting {config.max_retry_after:g} s (max_retry_after)")
+
+    answer = call_with_retries(lambda: backend(request), config.max_retries, max_retry_after=config.max_retry_after,
+                               on_capped=capped)
+    if len(answer["text"]) > reply_limit(config):
+        answer = {**answer, "text": answer["text"][: reply_limit(config)], "cut": True}
+    cache.put(key, answer)  # in the worker, so a kill loses only requests still in flight
+    return answer
+
+
+def ask_all(backend, pending: list, cache: "AnswerCache", config: TeachConfig, answers: dict, stats: Counter,
+            on_answer) -> None:
+    """Ask for every pending request, ``concurrency`` at a time.
+
+    A failed item is recorded and the run goes on; a refused key or a failed cache write stops it,
+    and so does Ctrl-C: requests not yet sent are cancelled, those in flight are finished and
+    stored, then the stop propagates.
+    """
+    secrets = (os.environ.get(config.api_key_env) or "",)
+    pool = ThreadPoolExecutor(max_workers=config.concurrency)
+    futures = {pool.submit(ask, backend, request, key, cache, config, stats): (i, s) for i, s, request, key in pending}
+    try:
+        for future in as_completed(futures):
+            i, s = futures[future]
+            try:
+                answers[(i, s)] = future.result()
+            except TeacherStopped:
+                raise
+            except Exception as err:  # recorded per item; the run goes on
+                answers[(i, s)] = {"error": redact(f"{type(err).__name__}: {err}", secrets),
+                                   "cut": isinstance(err, ReplyTooLarge)}
+            on_answer(i, answers[(i, s)])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     """Annotate, write the outputs, return the summary (also written as teach_summary.json)."""
+    with exclusive(config.output, "teach"):
+        return _teach(task_config, config)
+
+
+def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     from tqdm.auto import tqdm
 
     task = get_task(task_config)
     split = config.split or task.train_split
     rows = task.load(split)
     rows = rows[: config.limit] if config.limit else rows
-    if config.prompt_file or task.paper_layout:
-        spec = load_prompt(config.prompt_file or task_config.task)
-    else:
-        from dsbs.prompts import PromptSpec
-
-        spec = PromptSpec("", "Q: {input}\nA:", ("\nQ:",), exemplars_from_rows(rows))
-    sampling = {"temperature": config.temperature, "max_tokens": config.max_tokens, "stop": list(spec.stop)}
-
-    def request_for(text: str) -> dict:
-        if config.api == "chat":
-            return {"messages": chat_messages(spec, text), **sampling}
-        return {"prompt": completion_prompt(spec, text), **sampling}
-
+    spec = teacher_prompt(task_config, config, task, rows)
     output = Path(config.output)
     cache = AnswerCache(output / "cache.sqlite")
-    backend = None  # started only if something is not cached
-    jobs = [(i, s, request_for(row.input)) for i, row in enumerate(rows) for s in range(config.samples)]
     answers: dict[tuple[int, int], dict] = {}
     pending = []
-    for i, s, request in jobs:
-        key = request_key(config, request, s)
-        cached = cache.get(key)
-        if cached is not None:
-            answers[(i, s)] = cached
-        else:
-            pending.append((i, s, request, key))
-
-    started = time.perf_counter()
-    stats = Counter(cached=len(answers))
-    bar = tqdm(total=len(jobs), initial=len(answers), desc=f"teach {task.name}/{split}", unit="answer")
-    if pending:
-        backend = OpenAIBackend(config) if config.backend == "openai" else LocalBackend(config)
-
-        def ask(request: dict, key: str) -> dict:
-            answer = call_with_retries(lambda: backend(request), config.max_retries)
-            cache.put(key, answer)  # in the worker, so a kill loses only requests still in flight
-            return answer
-
-        with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
-            futures = {pool.submit(ask, request, key): (i, s, key) for i, s, request, key in pending}
-            for future in as_completed(futures):
-                i, s, key = futures[future]
-                try:
-                    answer = future.result()
-                except Exception as err:  # recorded per item; the run goes on
-                    answers[(i, s)] = {"error": f"{type(err).__name__}: {err}"}
-                    stats["failed"] += 1
-                else:
-                    answers[(i, s)] = answer
-                    stats["answered"] += 1
-                    stats["tokens"] += (answer.get("prompt_tokens") or 0) + (answer.get("completion_tokens") or 0)
-                    stats["parse_failures"] += task.read_answer(answer["text"], rows[i])[1] is None
-                bar.update(1)
-                bar.set_postfix(failed=stats["failed"], unparsed=stats["parse_failures"], tokens=stats["tokens"])
-    bar.close()
-
-    records = []
     for i, row in enumerate(rows):
-        got = [answers[(i, s)] for s in range(config.samples)]
-        texts = [a["text"] for a in got if "text" in a]
-        answers = [task.read_answer(t, row) for t in texts]
-        parsed = [(rationale, label) for rationale, label, _ in answers]
-        rationale, label, agreeing = majority(parsed)
-        # the completion written for training is one whose parsed label is the majority's
-        chosen = next((k for k, (_, lab) in enumerate(parsed) if label is not None and lab == label), 0)
-        records.append({
-            "index": i, "input": row.input, "gold": row.label, "rationale": rationale, "label": label,
-            "label_as_written": answers[chosen][2] if label is not None else None,
-            "agreeing_rationales": agreeing if config.samples > 1 else None, "completions": texts, "chosen": chosen,
-            "errors": [a["error"] for a in got if "error" in a],
-            "prompt_tokens": sum(a.get("prompt_tokens") or 0 for a in got if "text" in a),
-            "completion_tokens": sum(a.get("completion_tokens") or 0 for a in got if "text" in a),
-        })
+        request = make_request(config, spec, row.input)
+        for s in range(config.samples):
+            key = request_key(config, request, s)
+            cached = cache.get(key)
+            if cached is not None:
+                answers[(i, s)] = cached
+            else:
+                pending.append((i, s, request, key))
+    started, stats = time.perf_counter(), Counter(cached=len(answers))
+    bar = tqdm(total=len(rows) * config.samples, initial=len(answers), desc=f"teach {task.name}/{split}",
+               unit="answer")
+
+    def on_answer(i: int, answer: dict) -> None:
+        stats["failed" if "error" in answer else "answered"] += 1
+        stats["cut_replies"] += bool(answer.get("cut"))
+        if "text" in answer:
+            stats["tokens"] += (answer.get("prompt_tokens") or 0) + (answer.get("completion_tokens") or 0)
+            stats["parse_failures"] += task.read_answer(answer["text"], rows[i])[1] is None
+        bar.update(1)
+        bar.set_postfix(failed=stats["failed"], unparsed=stats["parse_failures"], tokens=stats["tokens"])
+
+    if pending:  # the backend starts only if something is not cached
+        backend = HTTPBackend(config) if config.backend == "openai" else LocalBackend(config)
+        ask_all(backend, pending, cache, config, answers, stats, on_answer)
+    bar.close()
+    records = [record_for(task, config, i, row, [answers[(i, s)] for s in range(config.samples)])
+               for i, row in enumerate(rows)]
     files = write_outputs(task_config, task, split, records, output)
+    summary = summarize(task, split, records, stats, config, files, time.perf_counter() - started)
+    write_atomic(output / "teach_summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def record_for(task, config: TeachConfig, i: int, row, got: list[dict]) -> dict:
+    """One input's line in the details file: the voted label and rationale, every completion, errors."""
+    texts = [a["text"] for a in got if "text" in a]
+    read = [task.read_answer(t, row) for t in texts]
+    rationale, label, agreeing = majority([(r, lab) for r, lab, _ in read])
+    # the completion written for training is one whose parsed label is the majority's
+    chosen = next((k for k, (_, lab, _) in enumerate(read) if label is not None and lab == label), 0)
+    return {
+        "index": i, "input": row.input, "gold": row.label, "rationale": rationale, "label": label,
+        "label_as_written": read[chosen][2] if label is not None else None,
+        "agreeing_rationales": agreeing if config.samples > 1 else None, "completions": texts, "chosen": chosen,
+        "errors": [a["error"] for a in got if "error" in a], "cut_replies": sum(bool(a.get("cut")) for a in got),
+        "prompt_tokens": sum(a.get("prompt_tokens") or 0 for a in got if "text" in a),
+        "completion_tokens": sum(a.get("completion_tokens") or 0 for a in got if "text" in a),
+    }
+
+
+def summarize(task, split: str, records: list[dict], stats: Counter, config: TeachConfig, files: list[str],
+              seconds: float) -> dict:
     graded = [r for r in records if r["gold"] is not None]
     # scored as the paper scores it: the label as the teacher wrote it
     correct = sum(r["label_as_written"] is not None and task.labels_match(r["label_as_written"], r["gold"])
                   for r in graded)
-    summary = {
+    return {
         "task": task.name, "split": split, "items": len(records), "requests_made": stats["answered"] + stats["failed"],
         "answers_from_cache": stats["cached"], "failed_items": sum(1 for r in records if not r["completions"]),
         "parse_failures": sum(1 for r in records if r["completions"] and r["label"] is None),
+        "cut_replies": sum(r["cut_replies"] for r in records), "retry_after_capped": stats["retry_after_capped"],
         "teacher_accuracy": round(correct / len(graded), 4) if graded else None,
         "prompt_tokens": sum(r["prompt_tokens"] for r in records),
         "completion_tokens": sum(r["completion_tokens"] for r in records),
-        "seconds": round(time.perf_counter() - started, 2), "files": files, "config": asdict(config),
+        "seconds": round(seconds, 2), "files": files,
+        "config": {**asdict(config), "base_url": safe_url(config.base_url)},
     }
-    (output / "teach_summary.json").write_text(json.dumps(summary, indent=2))
-    return summary
 
 
 def write_outputs(task_config: TaskConfig, task, split: str, records: list[dict], output: Path) -> list[str]:

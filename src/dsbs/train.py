@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,6 +22,7 @@ from dsbs.batching import IGNORE_INDEX, collate, encode_item, items_for
 from dsbs.checkpoint import gather, latest_checkpoint, load_training_state, save_model
 from dsbs.configs import TrainConfig
 from dsbs.errors import ConfigError, DataError, MissingDependency
+from dsbs.files import exclusive, write_atomic
 from dsbs.methods import LABEL_TASK, RATIONALE_TASK, TASK_NAMES, Method, get_method
 from dsbs.tasks import TaskConfig, get_task
 from dsbs.tasks.common import Task, split_validation, subsample
@@ -264,7 +266,7 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
                     "precision": run.precision, "device": accelerator.device.type, "processes": run.world,
                     "train_examples": len(groups), "skipped_examples": len(train_rows) - len(groups),
                     "validation_examples": len(val_rows), "pool_examples": len(pool), "student_is_seq2seq": seq2seq}
-        (output / "train_config.json").write_text(json.dumps(resolved, indent=2))
+        write_atomic(output / "train_config.json", json.dumps(resolved, indent=2))
     accelerator.print(f"training {config.method} on {task.name}: {len(groups)} examples "
                       f"({len(train_rows) - len(groups)} skipped), {len(val_rows)} validation, {max_steps} steps, "
                       f"{run.precision} on {accelerator.device.type}"
@@ -449,7 +451,7 @@ def fit(run: Run) -> dict:
     config, log_path = run.config, run.output / "log.jsonl"
     if run.main and log_path.exists():  # drop lines logged after the checkpoint we resume from
         kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= run.step]
-        log_path.write_text("".join(line + "\n" for line in kept))
+        write_atomic(log_path, "".join(line + "\n" for line in kept))
     log, meter, started = make_logger(log_path, run.main), Meter(run.weights), time.perf_counter()
     run.model.train()
     bar = tqdm(total=run.max_steps, initial=run.step, desc="train", unit="step", disable=not run.main)
@@ -489,7 +491,7 @@ def finish(run: Run, meter: Meter, seconds: float) -> dict:
                    weights=last_weights)
     if not run.config.keep_checkpoints:
         shutil.rmtree(run.output / "checkpoints", ignore_errors=True)
-    (run.output / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_atomic(run.output / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -505,4 +507,6 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
     # Under `accelerate launch` (or torchrun) each process trains on its share of every batch;
     # alone, this is a plain single-process run.
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    return fit(setup(task_config, config, accelerator))
+    # one writer per run directory; under a launcher the main process holds the lock for all
+    with exclusive(output, "train") if accelerator.is_main_process else nullcontext():
+        return fit(setup(task_config, config, accelerator))

@@ -37,6 +37,12 @@ def test_svamp_parses_equation():
     assert svamp.parse_completion("I do not know (yet)") == (None, None)
 
 
+def test_svamp_parser_is_linear_in_brackets():
+    # 200,000 "(" took minutes with a backtracking regex; the answer is still found, or refused
+    assert svamp.parse_completion("Think. The answer is " + "(" * 200_000) == (None, None)
+    assert svamp.parse_completion("Think. The answer is " + "(" * 200_000 + "1)") == ("Think.", "(" * 200_000 + "1)")
+
+
 def test_esnli_parses_word_after_answer():
     completion = ("Not all churches have cracks.\nAnswer: neutral\n\n"
                   "Premise: A church.\nHypothesis: x\nAnswer: entailment")

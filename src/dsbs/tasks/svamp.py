@@ -5,13 +5,11 @@ Labels, gold and teacher's alike, are kept in their compact form (``10-(6+3)`` f
 student pays for every token it writes.
 """
 
-import re
 
 from dsbs.equation import EquationError, compact_equation, equations_equal, is_equation
 from dsbs.tasks.common import DataError, Task, cut_at_next_example, paper_task, row_field, split_on_marker
 
 NAME = "svamp"
-_EQUATION = re.compile(r"\(.*\)", re.DOTALL)
 
 
 def parse_row(row: dict, where: str) -> dict:
@@ -26,13 +24,19 @@ def parse_row(row: dict, where: str) -> dict:
 def parse_completion(completion: str) -> tuple[str | None, str | None]:
     """'... The answer is (84 / 2).' -> (rationale, '84/2')."""
     rationale, answer = split_on_marker(cut_at_next_example(completion, ("\nQ:",)), "The answer is")
-    match = _EQUATION.search(answer or "")
-    if rationale is None or match is None:
+    equation = bracketed(answer or "")
+    if rationale is None or equation is None:
         return None, None
     try:
-        return rationale, compact_equation(match.group(0))
+        return rationale, compact_equation(equation)
     except EquationError:
-        return rationale, match.group(0)  # kept as written: scoring will count it unparsable
+        return rationale, equation  # kept as written: scoring will count it unparsable
+
+
+def bracketed(text: str) -> str | None:
+    """From the first "(" to the last ")" (a regex doing this is quadratic in the number of "(")."""
+    start, end = text.find("("), text.rfind(")")
+    return text[start : end + 1] if start != -1 and end > start else None
 
 
 def task(data_dir=None) -> Task:

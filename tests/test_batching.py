@@ -10,7 +10,9 @@ from dsbs.batching import (
     LABEL_TASK,
     RATIONALE_TASK,
     collate,
+    collate_shared,
     encode_item,
+    encode_shared,
     items_for,
     parse_single_task_output,
 )
@@ -20,11 +22,11 @@ EXAMPLE = Example(input="2 boxes of 3?", label="( 2 * 3 )", rationale="2 * 3 = 6
 
 
 def test_items_per_method():
-    assert [(i.prompt, i.target) for i in items_for(EXAMPLE, "standard")] == [("[label] 2 boxes of 3?", "( 2 * 3 )")]
+    assert [(i.prompt, i.target) for i in items_for(EXAMPLE, "standard")] == [("2 boxes of 3?", "( 2 * 3 )")]
     assert [i.target for i in items_for(EXAMPLE, "distill")] == ["(3 * 2)"]
     both = items_for(EXAMPLE, "dsbs")
     assert [(i.task, i.prompt, i.target) for i in both] == [
-        (LABEL_TASK, "[label] 2 boxes of 3?", "( 2 * 3 )"), (RATIONALE_TASK, "[rationale] 2 boxes of 3?", "2 * 3 = 6.")]
+        (LABEL_TASK, "2 boxes of 3?", "( 2 * 3 )"), (RATIONALE_TASK, "2 boxes of 3?", "2 * 3 = 6.")]
     assert items_for(EXAMPLE, "dsbs", label_source="teacher")[0].target == "(3 * 2)"
     assert [i.target for i in items_for(EXAMPLE, "single_task")] == ["2 * 3 = 6. So the answer is ( 2 * 3 )"]
 
@@ -54,15 +56,43 @@ def test_causal_item_masks_prompt_and_ends_in_eos(tiny_causal):
 
 def test_seq2seq_item_keeps_input_and_target_apart(tiny_seq2seq):
     tokenizer = AutoTokenizer.from_pretrained(tiny_seq2seq)
-    encoded = encode_item(tokenizer, items_for(EXAMPLE, "dsbs")[1], seq2seq=True, max_input=64, max_target=32)
+    item = items_for(EXAMPLE, "dsbs")[1]
+    encoded = encode_item(tokenizer, item, seq2seq=True, max_input=64, max_target=32, decoder_start=0)
     assert tokenizer.decode(encoded["input_ids"], skip_special_tokens=True) == "[rationale] 2 boxes of 3?"
     assert tokenizer.decode(encoded["labels"], skip_special_tokens=True) == "2 * 3 = 6."
     assert encoded["labels"][-1] == tokenizer.eos_token_id and encoded["task"] == RATIONALE_TASK
+    suffix = encode_item(tokenizer, item, seq2seq=True, max_input=64, max_target=32, form="suffix", decoder_start=0)
+    assert tokenizer.decode(suffix["input_ids"], skip_special_tokens=True) == "2 boxes of 3?"  # the marker moved
+    n_marker = suffix["labels"].count(IGNORE_INDEX)
+    assert tokenizer.decode(suffix["decoder_input_ids"][1 : 1 + n_marker]) == "[rationale]"
+    assert suffix["decoder_input_ids"][0] == 0  # the decoder start, then marker and target shifted by one
+    assert suffix["decoder_input_ids"][1 + n_marker :] == suffix["labels"][n_marker:-1]
+
+
+def test_shared_sequence_reads_the_input_once_and_hides_the_branches_from_each_other(tiny_causal):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal)
+    shared = encode_shared(tokenizer, items_for(EXAMPLE, "dsbs"), seq2seq=False, max_input=64, max_target=32)
+    n_input = shared["segments"].count(0)
+    separate = [encode_item(tokenizer, i, False, 64, 32, form="suffix") for i in items_for(EXAMPLE, "dsbs")]
+    # the same tokens as the two suffix-form items, with the input written once
+    assert shared["input_ids"] == separate[0]["input_ids"] + separate[1]["input_ids"][n_input:]
+    label_len = len(separate[0]["input_ids"]) - n_input
+    rationale_positions = list(range(n_input, len(separate[1]["input_ids"])))  # restart where the input ends
+    assert shared["position_ids"] == list(range(n_input + label_len)) + rationale_positions
+    assert shared["tasks"] == {LABEL_TASK: separate[0]["tasks"][LABEL_TASK],
+                               RATIONALE_TASK: separate[1]["tasks"][RATIONALE_TASK]}
+    batch = collate_shared([shared, encode_shared(tokenizer, items_for(EXAMPLE, "standard"), False, 64, 32)], 0, False)
+    mask = batch["attention_mask"][0, 0]
+    first_label, first_rationale = n_input, n_input + label_len
+    assert mask[first_rationale, :n_input].all() and not mask[first_rationale, first_label:first_rationale].any()
+    assert mask[first_label, :first_label + 1].all() and not mask[n_input - 1, n_input:].any()
+    padded = batch["attention_mask"][1, 0]
+    assert padded[-1, -1] and padded[-1].sum() == 1  # padding sees itself only
 
 
 def test_collate_pads_with_ignored_labels():
-    features = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "task": 0}, {"input_ids": [8], "labels": [8],
-                                                                              "task": 1}]
+    features = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7], "task": 0},
+                {"input_ids": [8], "labels": [8], "task": 1}]
     batch = collate(features, pad_id=0, seq2seq=False)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

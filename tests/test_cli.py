@@ -40,3 +40,12 @@ def test_an_internal_bug_keeps_its_traceback(monkeypatch, capsys):
         assert str(err) == "an internal bug"
     else:
         raise AssertionError("a ValueError from dsbs's own code must not be shown as a user error")
+
+
+def test_a_system_error_is_one_line(tmp_path, trained_student):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = run_dsbs("evaluate", "--model", trained_student, "--task", "demo", "--limit", "2",
+                      "--output", str(blocker / "eval"), check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("dsbs: error: NotADirectoryError")

@@ -1,28 +1,66 @@
-"""Loss parity: our target-only loss (summed, over the token count) equals transformers' built-in loss on
-the same batch (fp32)."""
+"""Loss parity (fp32): our target-only loss equals transformers' built-in loss on the same batch, and
+dsbs's shared pass gives the same per-task loss sums and gradients as separate passes."""
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from dsbs.batching import LABEL_TASK, RATIONALE_TASK, collate, encode_item, items_for
+from dsbs.batching import LABEL_TASK, RATIONALE_TASK, collate, collate_shared, encode_item, encode_shared, items_for
 from dsbs.models import is_seq2seq, prepare_tokenizer
 from dsbs.tasks import demo
-from dsbs.train import target_loss_sum
+from dsbs.train import shared_loss_sums, target_loss_sum
 
 
-@pytest.mark.parametrize("task_id", [LABEL_TASK, RATIONALE_TASK])
-def test_target_loss_matches_the_reference_loss(tiny_student, task_id):
-    tokenizer = AutoTokenizer.from_pretrained(tiny_student)
-    loader = AutoModelForSeq2SeqLM if "t5" in open(f"{tiny_student}/config.json").read() else AutoModelForCausalLM
-    model = loader.from_pretrained(tiny_student).eval()
+def load(path: str):
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    loader = AutoModelForSeq2SeqLM if "t5" in open(f"{path}/config.json").read() else AutoModelForCausalLM
+    model = loader.from_pretrained(path).eval()
     prepare_tokenizer(tokenizer, model)
-    seq2seq = is_seq2seq(model.config)
-    features = [encode_item(tokenizer, item, seq2seq, 64, 48)
+    return model, tokenizer, is_seq2seq(model.config)
+
+
+@pytest.mark.parametrize("form", ["prefix", "suffix"])
+@pytest.mark.parametrize("task_id", [LABEL_TASK, RATIONALE_TASK])
+def test_target_loss_matches_the_reference_loss(tiny_student, task_id, form):
+    model, tokenizer, seq2seq = load(tiny_student)
+    start = model.config.decoder_start_token_id if seq2seq else None
+    features = [encode_item(tokenizer, item, seq2seq, 64, 48, form=form, decoder_start=start)
                 for e in demo.load("train")[:6] for item in items_for(e, "dsbs") if item.task == task_id]
     batch = collate(features, tokenizer.pad_token_id, seq2seq)
     with torch.no_grad():
-        ours = target_loss_sum(model, batch, seq2seq) / sum(f["n_target"] for f in features)
-        reference = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          labels=batch["labels"]).loss
+        ours = target_loss_sum(model, batch, seq2seq) / sum(f["tasks"][task_id] for f in features)
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        reference = model(**inputs, labels=batch["labels"]).loss
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def gradients(model) -> dict:
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_shared_pass_equals_separate_passes(tiny_student):
+    model, tokenizer, seq2seq = load(tiny_student)
+    start = model.config.decoder_start_token_id if seq2seq else None
+    groups = [items_for(e, "dsbs") for e in demo.load("train")[:6]]
+    weights = {LABEL_TASK: 0.3, RATIONALE_TASK: 0.7}
+
+    separate = {}
+    for task in weights:
+        part = [encode_item(tokenizer, item, seq2seq, 64, 48, form="suffix", decoder_start=start)
+                for g in groups for item in g if item.task == task]
+        separate[task] = target_loss_sum(model, collate(part, tokenizer.pad_token_id, seq2seq), seq2seq)
+    sum(weights[t] * loss for t, loss in separate.items()).backward()
+    expected = gradients(model)
+
+    shared_features = [encode_shared(tokenizer, g, seq2seq, 64, 48, decoder_start=start) for g in groups]
+    shared = shared_loss_sums(model, collate_shared(shared_features, tokenizer.pad_token_id, seq2seq), seq2seq)
+    sum(weights[t] * loss for t, loss in shared.items()).backward()
+    got = gradients(model)
+
+    for task in weights:
+        torch.testing.assert_close(shared[task], separate[task], rtol=1e-5, atol=1e-5)
+    assert set(got) == set(expected) and len(got) > 10
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)

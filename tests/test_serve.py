@@ -147,9 +147,12 @@ def call(url: str, path: str, body: bytes | None = None, headers: dict | None = 
 
     address = urlparse(url)
     connection = http.client.HTTPConnection(address.hostname, address.port, timeout=60)
-    connection.request("POST" if body is not None else "GET", path,
-                       body=iter([body[i : i + 500] for i in range(0, len(body), 500)]) if chunked else body,
-                       headers={"Content-Type": "application/json", **(headers or {})}, encode_chunked=chunked)
+    try:
+        connection.request("POST" if body is not None else "GET", path,
+                           body=iter([body[i : i + 500] for i in range(0, len(body), 500)]) if chunked else body,
+                           headers={"Content-Type": "application/json", **(headers or {})}, encode_chunked=chunked)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the service answered (413) and closed before the whole body was sent: its answer is still there
     response = connection.getresponse()
     status, payload, got = response.status, response.read(), dict(response.getheaders())
     connection.close()

@@ -47,6 +47,7 @@ def test_every_method_trains_and_saves_a_plain_transformers_model(method, tiny_s
     assert AutoConfig.from_pretrained(model_dir).model_type in ("llama", "t5")
     card = (model_dir / "README.md").read_text()
     assert f"| method | {method} |" in card and "| training examples | 360 |" in card and "from_pretrained" in card
+    assert "| prompt form | suffix (the task marker after the input) |" in card and meta["prompt_form"] == "suffix"
     resolved = json.loads((tmp_path / "train_config.json").read_text())
     assert resolved["train"]["method"] == method and resolved["max_steps"] == 4
     losses = [r for r in log_records(tmp_path) if "loss" in r]

@@ -1,28 +1,34 @@
 """Pure transforms from examples to training items, token ids and padded batches.
 
-Every method reduces to items of (task, prompt, target): the label task ``[label] x -> y`` and,
-for ``dsbs``, the rationale task ``[rationale] x -> r``. The same prompt encoding serves training
-and generation, so a trained student sees at inference exactly the tokens it was trained on.
+Every method reduces to items of (task, input, target): the label task x -> y and, for ``dsbs``,
+the rationale task x -> r. A task marker (``[label]``, ``[rationale]``) says which to answer, in
+one of two prompt forms:
+
+- ``suffix`` (the default): the marker after the input, ``x \\n [label] \\n -> y``. The input comes
+  first, the same for both tasks, so dsbs reads it once: one sequence holds the input, then the
+  label branch, then the rationale branch, neither branch seeing the other (``encode_shared``).
+- ``prefix``: the paper's ``[label] x -> y`` (each task's input is different, so two passes).
+
+The same prompt encoding serves training and generation, so a trained student sees at inference
+exactly the tokens it was trained on.
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 from dsbs.methods import LABEL_TASK, RATIONALE_TASK, Method, get_method
 from dsbs.tasks.common import SINGLE_TASK_MARKER, Example
 
-PREFIXES = {LABEL_TASK: "[label] ", RATIONALE_TASK: "[rationale] "}
+PromptForm = Literal["suffix", "prefix"]
+MARKERS = {LABEL_TASK: "[label]", RATIONALE_TASK: "[rationale]"}
 IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
 class Item:
     task: int
-    prompt: str
+    prompt: str  # the input; the task marker is added by the prompt form when it is encoded
     target: str
-
-
-def prompt_text(text: str, task: int = LABEL_TASK) -> str:
-    return PREFIXES[task] + text
 
 
 def training_label(example: Example, method: Method, label_source: str) -> str | None:
@@ -38,10 +44,10 @@ def items_for(example: Example, method: Method | str, label_source: str = "gold"
     if method.rationale == "target":
         if label is None or example.rationale is None:
             return []
-        return [Item(LABEL_TASK, prompt_text(example.input), example.rationale + SINGLE_TASK_MARKER + label)]
-    items = [] if label is None else [Item(LABEL_TASK, prompt_text(example.input), label)]
+        return [Item(LABEL_TASK, example.input, example.rationale + SINGLE_TASK_MARKER + label)]
+    items = [] if label is None else [Item(LABEL_TASK, example.input, label)]
     if method.rationale == "task" and example.rationale is not None:
-        items.append(Item(RATIONALE_TASK, prompt_text(example.input, RATIONALE_TASK), example.rationale))
+        items.append(Item(RATIONALE_TASK, example.input, example.rationale))
     return items
 
 
@@ -53,42 +59,146 @@ def parse_single_task_output(text: str) -> tuple[str, str]:
     return rationale.strip(), label.strip().rstrip(".").strip()
 
 
-def encode_prompt(tokenizer, prompt: str, seq2seq: bool, max_tokens: int) -> list[int]:
-    """Token ids of a prompt; a decoder-only prompt ends in a newline that separates the answer."""
-    if seq2seq:
-        return tokenizer(prompt, truncation=True, max_length=max_tokens)["input_ids"]
-    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"][: max_tokens - 1]
-    return ids + tokenizer("\n", add_special_tokens=False)["input_ids"]
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def encode_item(tokenizer, item: Item, seq2seq: bool, max_input: int, max_target: int) -> dict:
-    """input_ids and labels for one item; decoder-only prompts are masked out of the loss."""
-    prompt_ids = encode_prompt(tokenizer, item.prompt, seq2seq, max_input)
+def input_ids(tokenizer, text: str, seq2seq: bool, max_tokens: int) -> list[int]:
+    """The input's tokens; a decoder-only input ends in a newline that separates what follows."""
     if seq2seq:
-        labels = tokenizer(text_target=item.target, truncation=True, max_length=max_target)["input_ids"]
-        return {"input_ids": prompt_ids, "labels": labels, "task": item.task, "n_target": len(labels)}
-    target_ids = tokenizer(item.target, add_special_tokens=False)["input_ids"][: max_target - 1]
-    target_ids = target_ids + [tokenizer.eos_token_id]
-    return {
-        "input_ids": prompt_ids + target_ids,
-        "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids,
-        "task": item.task,
-        "n_target": len(target_ids),  # tokens carrying loss, counted once here rather than every step
-    }
+        return tokenizer(text, truncation=True, max_length=max_tokens)["input_ids"]
+    return tokenizer(text, add_special_tokens=True)["input_ids"][: max_tokens - 1] + _ids(tokenizer, "\n")
+
+
+def marker_ids(tokenizer, task: int, seq2seq: bool) -> list[int]:
+    """The task marker of the suffix form (decoder side), tokenized on its own."""
+    return _ids(tokenizer, MARKERS[task]) + ([] if seq2seq else _ids(tokenizer, "\n"))
+
+
+def encode_prompt(tokenizer, text: str, seq2seq: bool, max_tokens: int, task: int = LABEL_TASK,
+                  form: PromptForm = "prefix") -> tuple[list[int], list[int]]:
+    """(prompt ids, decoder prefix ids) for generating ``task``'s answer to ``text``.
+
+    The decoder prefix is the suffix form's marker of a seq2seq student (generation starts after
+    it); decoder-only students carry the marker at the end of the prompt itself.
+    """
+    if form == "prefix":
+        return input_ids(tokenizer, f"{MARKERS[task]} {text}", seq2seq, max_tokens), []
+    if seq2seq:
+        return input_ids(tokenizer, text, True, max_tokens), marker_ids(tokenizer, task, True)
+    return input_ids(tokenizer, text, False, max_tokens) + marker_ids(tokenizer, task, False), []
+
+
+def target_ids(tokenizer, target: str, seq2seq: bool, max_tokens: int) -> list[int]:
+    """The target's tokens, ending in EOS."""
+    if seq2seq:
+        return tokenizer(text_target=target, truncation=True, max_length=max_tokens)["input_ids"]
+    return _ids(tokenizer, target)[: max_tokens - 1] + [tokenizer.eos_token_id]
+
+
+def encode_item(tokenizer, item: Item, seq2seq: bool, max_input: int, max_target: int, form: PromptForm = "prefix",
+                decoder_start: int | None = None) -> dict:
+    """One item: input_ids and labels (and a seq2seq student's decoder inputs); only target tokens carry loss.
+
+    ``tasks`` maps the item's task to its loss-bearing tokens, counted once here rather than every step.
+    """
+    prompt, decoder_prefix = encode_prompt(tokenizer, item.prompt, seq2seq, max_input, item.task, form)
+    target = target_ids(tokenizer, item.target, seq2seq, max_target)
+    if seq2seq:
+        labels = [IGNORE_INDEX] * len(decoder_prefix) + target
+        decoder = [decoder_start] + (decoder_prefix + target)[:-1]
+        return {"input_ids": prompt, "decoder_input_ids": decoder, "labels": labels, "task": item.task,
+                "tasks": {item.task: len(target)}}
+    return {"input_ids": prompt + target, "labels": [IGNORE_INDEX] * len(prompt) + target, "task": item.task,
+            "tasks": {item.task: len(target)}}
+
+
+def encode_shared(tokenizer, items: list[Item], seq2seq: bool, max_input: int, max_target: int,
+                  decoder_start: int | None = None) -> dict:
+    """All of one example's items (suffix form) in one sequence that reads the input once.
+
+    Decoder-only: input, then each task's branch (marker, target), every branch's positions
+    continuing from the input's end and ``segments`` telling the attention mask that a branch sees
+    the input and itself only. Seq2seq: the input once for the encoder, one decoder sequence per task.
+    """
+    shared = input_ids(tokenizer, items[0].prompt, seq2seq, max_input)
+    tasks = {}
+    if seq2seq:
+        branches = []
+        for item in items:
+            marker = marker_ids(tokenizer, item.task, True)
+            target = target_ids(tokenizer, item.target, True, max_target)
+            branches.append({"task": item.task, "decoder_input_ids": [decoder_start] + (marker + target)[:-1],
+                             "labels": [IGNORE_INDEX] * len(marker) + target})
+            tasks[item.task] = len(target)
+        return {"input_ids": shared, "branches": branches, "tasks": tasks}
+    ids, labels = list(shared), [IGNORE_INDEX] * len(shared)
+    positions, segments, label_tasks = list(range(len(shared))), [0] * len(shared), [-1] * len(shared)
+    for number, item in enumerate(items, start=1):
+        marker = marker_ids(tokenizer, item.task, False)
+        target = target_ids(tokenizer, item.target, False, max_target)
+        branch = marker + target
+        ids += branch
+        labels += [IGNORE_INDEX] * len(marker) + target
+        label_tasks += [-1] * len(marker) + [item.task] * len(target)
+        positions += range(len(shared), len(shared) + len(branch))
+        segments += [number] * len(branch)
+        tasks[item.task] = len(target)
+    return {"input_ids": ids, "labels": labels, "label_tasks": label_tasks, "position_ids": positions,
+            "segments": segments, "tasks": tasks}
+
+
+def _pad(rows: list[list[int]], value: int, width: int | None = None):
+    import torch
+
+    width = width or max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
 
 
 def collate(features: list[dict], pad_id: int, seq2seq: bool) -> dict:
-    """Right-padded tensors: input_ids, attention_mask and labels (-100 on padding)."""
+    """Right-padded tensors of single-task items: input_ids, attention_mask, labels (-100 on padding)
+    and, for seq2seq, decoder_input_ids."""
+    batch = {"input_ids": _pad([f["input_ids"] for f in features], pad_id),
+             "attention_mask": _pad([[1] * len(f["input_ids"]) for f in features], 0)}
+    if seq2seq:
+        batch["decoder_input_ids"] = _pad([f["decoder_input_ids"] for f in features], pad_id)
+        batch["labels"] = _pad([f["labels"] for f in features], IGNORE_INDEX)
+    else:
+        batch["labels"] = _pad([f["labels"] for f in features], IGNORE_INDEX, batch["input_ids"].shape[1])
+    return batch
+
+
+def collate_shared(features: list[dict], pad_id: int, seq2seq: bool) -> dict:
+    """Tensors of shared-pass examples (encode_shared).
+
+    Decoder-only: a boolean attention mask per example (batch, 1, L, L): a position sees earlier
+    positions of the input and of its own branch; padding sees only itself, so no row is empty.
+    Seq2seq: the encoder batch once, and one decoder batch per task.
+    """
     import torch
 
+    if seq2seq:
+        batch = {"input_ids": _pad([f["input_ids"] for f in features], pad_id),
+                 "attention_mask": _pad([[1] * len(f["input_ids"]) for f in features], 0), "branches": {}}
+        for task in sorted({b["task"] for f in features for b in f["branches"]}):
+            mine = [b for f in features for b in f["branches"] if b["task"] == task]
+            rows = [i for i, f in enumerate(features) for b in f["branches"] if b["task"] == task]
+            batch["branches"][task] = {"rows": torch.tensor(rows),
+                                       "decoder_input_ids": _pad([b["decoder_input_ids"] for b in mine], pad_id),
+                                       "labels": _pad([b["labels"] for b in mine], IGNORE_INDEX)}
+        return batch
     width = max(len(f["input_ids"]) for f in features)
-    input_ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(features), width), dtype=torch.long)
-    label_width = max(len(f["labels"]) for f in features) if seq2seq else width
-    labels = torch.full((len(features), label_width), IGNORE_INDEX, dtype=torch.long)
-    for row, f in enumerate(features):
-        n = len(f["input_ids"])
-        input_ids[row, :n] = torch.tensor(f["input_ids"])
-        attention_mask[row, :n] = 1
-        labels[row, : len(f["labels"])] = torch.tensor(f["labels"])
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    segments = _pad([f["segments"] for f in features], -1, width)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same = (segments[:, :, None] == segments[:, None, :]) | (segments[:, None, :] == 0)
+    real = segments != -1
+    mask = causal & same & real[:, None, :] & real[:, :, None]
+    mask |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no empty softmax row
+    return {"input_ids": _pad([f["input_ids"] for f in features], pad_id, width),
+            "attention_mask": mask[:, None], "position_ids": _pad([f["position_ids"] for f in features], 0, width),
+            "labels": _pad([f["labels"] for f in features], IGNORE_INDEX, width),
+            "label_tasks": _pad([f["label_tasks"] for f in features], -1, width),
+            "real_tokens": int(real.sum())}

@@ -37,7 +37,13 @@ def latest_checkpoint(output: Path) -> Path | None:
 def model_card(meta: dict) -> str:
     """README.md for a saved student: what it is, how it was trained, how to load it."""
     loader = "AutoModelForSeq2SeqLM" if meta.get("seq2seq") else "AutoModelForCausalLM"
-    prompt = '"[label] " + text' + ("" if meta.get("seq2seq") else ' + "\\n"')
+    form = meta.get("prompt_form", "prefix")
+    if form == "prefix":
+        prompt = '"[label] " + text' + ("" if meta.get("seq2seq") else ' + "\\n"')
+    else:
+        prompt = "text" if meta.get("seq2seq") else 'text + "\\n[label]\\n"'
+    start = ("  # the decoder starts with the marker: decoder_input_ids = [decoder_start] + tokens of '[label]'"
+             if meta.get("seq2seq") and form == "suffix" else "")
     accuracy = meta.get("validation_accuracy")
     trained = f"LoRA adapters of rank {meta['lora_rank']}, merged into the weights" if meta.get("lora_rank") else "all"
     method = get_method(meta["method"])
@@ -56,13 +62,14 @@ def model_card(meta: dict) -> str:
         f"| base model | `{meta['student']}` |", f"| task | {meta['task']} |", f"| method | {meta['method']} |",
         f"| loss | {mix} |", f"| labels | {labels} |", f"| rationales | {meta.get('rationales', 'n/a')} |",
         f"| trained weights | {trained} |",
+        f"| prompt form | {form} (the task marker {'after' if form == 'suffix' else 'before'} the input) |",
         f"| training examples | {meta.get('train_examples')} |", f"| optimizer steps | {meta.get('step')} |",
         f"| validation accuracy | {'n/a' if accuracy is None else f'{accuracy:.4f}'} |", "",
         "## Load with plain transformers", "", "```python",
         f"from transformers import {loader}, AutoTokenizer",
         f'model = {loader}.from_pretrained("path/to/this/dir")',
         'tokenizer = AutoTokenizer.from_pretrained("path/to/this/dir")',
-        f"inputs = tokenizer({prompt}, return_tensors='pt')",
+        f"inputs = tokenizer({prompt}, return_tensors='pt'){start}",
         f"label = tokenizer.decode({generate}, skip_special_tokens=True)",
         "```", "",
         "Or `dsbs predict --model DIR --input in.jsonl --output out.jsonl`, or `dsbs serve --model DIR`.", "",

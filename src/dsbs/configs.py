@@ -63,6 +63,11 @@ class TrainConfig:
     alpha: float = option(0.5, "dsbs loss = alpha * label loss + (1 - alpha) * rationale loss")
     rationale_weight: float | None = option(None, "dsbs: loss = label loss + RATIONALE_WEIGHT * rationale loss "
                                             "instead of the alpha mix (the label keeps standard fine-tuning's weight)")
+    prompt_form: Literal["suffix", "prefix"] = option("suffix", "where the task marker goes: suffix (after the input: "
+                                                      "dsbs reads each input once for both tasks) or prefix (the "
+                                                      "paper's '[label] x')")
+    shared_pass: bool = option(True, "dsbs in the suffix form: one pass over each input for both tasks (off: a "
+                                     "pass per task, as the paper's code does)")
     data_fraction: float = option(1.0, "fraction of the training pool to use, drawn with --seed")
     pool_size: int | None = option(None, "cap the training pool (after the validation split) at N rows, one fixed "
                                    "draw for every seed, so that fractions are of a pool a CPU can afford")

@@ -37,6 +37,29 @@ def matmul_flops(dtype_name: str, shape: tuple[int, int, int] = (2048, 2048, 204
     return 2 * m * k * n * reps / (time.perf_counter() - started)
 
 
+def training_flops(config, features: list[dict]) -> float:
+    """Training FLOPs (3 x forward) of a decoder-only model over encoded ``features``, padding excluded.
+
+    Per token 2 FLOPs per weight of the attention projections and the gated MLP; attention over
+    the positions each token sees (a shared pass's branches do not see each other); the output
+    head on target tokens only, as dsbs computes it.
+    """
+    d, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
+    kv = d * config.num_key_value_heads // config.num_attention_heads
+    per_token = layers * 2 * (2 * d * d + 2 * d * kv + 3 * d * config.intermediate_size)
+    total = 0.0
+    for f in features:
+        segments = f.get("segments") or [0] * len(f["input_ids"])
+        n_input, first = segments.count(0), {}
+        seen = 0
+        for i, s in enumerate(segments):
+            first.setdefault(s, i)
+            seen += i + 1 if s == 0 else n_input + i - first[s] + 1
+        targets = sum(f["tasks"].values())
+        total += 3 * (len(segments) * per_token + layers * 4 * seen * d + targets * 2 * d * vocab)
+    return total
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:

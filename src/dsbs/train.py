@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
-from dsbs.batching import IGNORE_INDEX, collate, encode_item, items_for
+from dsbs.batching import IGNORE_INDEX, collate, collate_shared, encode_item, encode_shared, items_for
 from dsbs.checkpoint import gather, latest_checkpoint, load_training_state, save_model
 from dsbs.configs import TrainConfig
 from dsbs.errors import ConfigError, DataError, MissingDependency
@@ -80,7 +80,7 @@ def target_loss_sum(model, batch: dict, seq2seq: bool, sharded: bool = False):
     labels = batch["labels"]
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     if seq2seq:
-        inputs["decoder_input_ids"] = model.prepare_decoder_input_ids_from_labels(labels=labels)
+        inputs["decoder_input_ids"] = batch["decoder_input_ids"]
         logits = model(**inputs).logits
     else:
         labels = labels[:, 1:]  # position t predicts token t + 1
@@ -92,6 +92,37 @@ def target_loss_sum(model, batch: dict, seq2seq: bool, sharded: bool = False):
             return F.cross_entropy(model.get_output_embeddings()(hidden[mask]).float(), labels[mask], reduction="sum")
     mask = labels != IGNORE_INDEX
     return F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
+
+
+def shared_loss_sums(model, batch: dict, seq2seq: bool, sharded: bool = False) -> dict:
+    """Summed cross-entropy per task of a shared-pass batch (collate_shared): each input read once."""
+    import torch
+    import torch.nn.functional as F
+
+    if seq2seq:  # the encoder once; each task's decoder against the same encoder states
+        encoded = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        sums = {}
+        for task, branch in batch["branches"].items():
+            rows = branch["rows"]
+            logits = model(encoder_outputs=(encoded.last_hidden_state[rows],),
+                           attention_mask=batch["attention_mask"][rows],
+                           decoder_input_ids=branch["decoder_input_ids"]).logits
+            labels = branch["labels"]
+            mask = labels != IGNORE_INDEX
+            sums[task] = F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
+        return sums
+    mask = batch["attention_mask"]
+    if getattr(model.config, "_attn_implementation", "sdpa") == "eager":  # eager attention adds the mask to scores
+        mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, float("-inf"))
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": batch["position_ids"]}
+    labels, tasks = batch["labels"][:, 1:], batch["label_tasks"][:, 1:]  # position t predicts token t + 1
+    targets = labels != IGNORE_INDEX
+    if sharded:  # FSDP gathers the embedding and head only inside the whole model's forward
+        logits = model(**inputs).logits[:, :-1][targets]
+    else:
+        logits = model.get_output_embeddings()(model.base_model(**inputs).last_hidden_state[:, :-1][targets])
+    per_token = F.cross_entropy(logits.float(), labels[targets], reduction="none")
+    return {int(task): per_token[tasks[targets] == task].sum() for task in tasks[targets].unique()}
 
 
 def add_lora(model, rank: int, alpha: float):
@@ -147,6 +178,7 @@ class Run:
     save_interval: int
     precision: str
     seq2seq: bool
+    shared: bool  # each example is one shared-pass feature (encode_shared) instead of one per item
     step: int = 0
     best: dict = field(default_factory=lambda: {"accuracy": None, "step": None})
 
@@ -237,8 +269,11 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
                            "labels" + (" and rationales" if method.rationale != "none" else "")))
     model, tokenizer, lora = build_student(config, checkpoint, accelerator)
     seq2seq = is_seq2seq(model.config)
-    features = [[encode_item(tokenizer, item, seq2seq, config.max_input_tokens, config.max_target_tokens)
-                 for item in g] for g in groups]
+    # under FSDP a seq2seq shared pass could run a task's decoder on some processes and not others
+    shared = (method.rationale == "task" and config.prompt_form == "suffix" and config.shared_pass
+              and not (config.fsdp and seq2seq))
+    features = encode_features(groups, tokenizer, seq2seq, config, shared,
+                               getattr(model.config, "decoder_start_token_id", None))
     examples_per_step = config.batch_size * config.grad_accum * accelerator.num_processes
     max_steps = math.ceil(config.epochs * len(groups) / examples_per_step) if config.epochs else config.max_steps
     # fused AdamW: one kernel over all parameters, 6x faster than the per-tensor loop on our CPU
@@ -249,7 +284,7 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
             "rationale_weight": config.rationale_weight, "label_source": config.label_source,
             "label_max_tokens": task.label_max_tokens, "max_input_tokens": config.max_input_tokens,
             "max_target_tokens": config.max_target_tokens, "seq2seq": seq2seq, "train_examples": len(groups),
-            "lora_rank": config.lora_rank,
+            "lora_rank": config.lora_rank, "prompt_form": config.prompt_form,
             "rationales": "the teacher's, from the task data" if method.rationale != "none" else "not used"}
     run = Run(config=config, task=task, method=method, output=output, accelerator=accelerator, model=model,
               tokenizer=tokenizer, lora=lora, optimizer=optimizer,
@@ -257,7 +292,7 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
               val_rows=val_rows, meta=meta, weights=method.loss_weights(config.alpha, config.rationale_weight),
               max_steps=max_steps,
               save_interval=config.save_interval or config.eval_interval or max(1, max_steps // 10),
-              precision=resolve_precision(config.precision, accelerator.device.type), seq2seq=seq2seq)
+              precision=resolve_precision(config.precision, accelerator.device.type), seq2seq=seq2seq, shared=shared)
     if checkpoint:
         restore(run, checkpoint)
     if run.main:
@@ -265,7 +300,8 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
         resolved = {"task": asdict(task_config), "train": asdict(config), "max_steps": max_steps,
                     "precision": run.precision, "device": accelerator.device.type, "processes": run.world,
                     "train_examples": len(groups), "skipped_examples": len(train_rows) - len(groups),
-                    "validation_examples": len(val_rows), "pool_examples": len(pool), "student_is_seq2seq": seq2seq}
+                    "validation_examples": len(val_rows), "pool_examples": len(pool), "student_is_seq2seq": seq2seq,
+                    "shared_pass": shared}
         write_atomic(output / "train_config.json", json.dumps(resolved, indent=2))
     accelerator.print(f"training {config.method} on {task.name}: {len(groups)} examples "
                       f"({len(train_rows) - len(groups)} skipped), {len(val_rows)} validation, {max_steps} steps, "
@@ -273,6 +309,16 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
                       + (f" x {run.world} processes" if run.world > 1 else "")
                       + (f", resumed at step {run.step}" if checkpoint else ""))
     return run
+
+
+def encode_features(groups: list, tokenizer, seq2seq: bool, config: TrainConfig, shared: bool,
+                    decoder_start: int | None) -> list[list[dict]]:
+    """Per example, its encoded items: one shared-pass feature, or one feature per item."""
+    limits = (config.max_input_tokens, config.max_target_tokens)
+    if shared:
+        return [[encode_shared(tokenizer, g, seq2seq, *limits, decoder_start=decoder_start)] for g in groups]
+    return [[encode_item(tokenizer, item, seq2seq, *limits, form=config.prompt_form, decoder_start=decoder_start)
+             for item in g] for g in groups]
 
 
 def step_batches(run: Run) -> list[list[int]]:
@@ -283,17 +329,46 @@ def step_batches(run: Run) -> list[list[int]]:
             for m in range(config.grad_accum)]
 
 
-def task_part(run: Run, rows: list[int], task_id: int) -> tuple[list[dict], float]:
-    """This process's items of one task in a micro-batch, and the share of the loss they carry.
+def passes(run: Run, rows: list[int]) -> list[tuple[list[dict], float]]:
+    """This process's forward passes over a micro-batch: (features, share of the loss they carry).
 
-    Under FSDP a process with no such item still runs a zero-weighted pass on one, because FSDP's
-    weight gathers are collective: every process must run every pass.
+    Shared: one pass over all of its examples. Otherwise one pass per task, each padded to its own
+    longest item (short labels are not padded to rationale length). Under FSDP a process with no
+    item of a task still runs a zero-weighted pass on one, because FSDP's weight gathers are
+    collective: every process must run every pass.
     """
-    mine = [f for i in rows[run.accelerator.process_index :: run.world] for f in run.features[i]
-            if f["task"] == task_id]
-    if not mine and run.config.fsdp:
-        return [f for i in rows for f in run.features[i] if f["task"] == task_id][:1], 0.0
-    return mine, 1.0
+    mine = [f for i in rows[run.accelerator.process_index :: run.world] for f in run.features[i]]
+    if run.shared:
+        return [(mine, 1.0)]
+    result = []
+    for task_id in run.weights:
+        part = [f for f in mine if task_id in f["tasks"]]
+        if part:
+            result.append((part, 1.0))
+        elif run.config.fsdp:
+            result.append(([f for i in rows for f in run.features[i] if task_id in f["tasks"]][:1], 0.0))
+    return [(part, share) for part, share in result if part]
+
+
+def forward(run: Run, part: list[dict]) -> tuple[dict, int]:
+    """({task: summed target-token loss}, tokens processed) of one pass."""
+    pad = run.tokenizer.pad_token_id
+    if run.shared:
+        batch = collate_shared(part, pad, run.seq2seq)
+        tokens = batch.pop("real_tokens", None)
+        if tokens is None:  # seq2seq: the encoder's tokens and every decoder's
+            tokens = int(batch["attention_mask"].sum()) + sum(f["tasks"].get(t, 0) for f in part for t in f["tasks"])
+        batch = to_device(batch, run.accelerator.device)
+        return shared_loss_sums(run.model, batch, run.seq2seq, sharded=run.config.fsdp), tokens
+    batch = to_device(collate(part, pad, run.seq2seq), run.accelerator.device)
+    tokens = int(batch["attention_mask"].sum()) + (sum(f["tasks"][f["task"]] for f in part) if run.seq2seq else 0)
+    return {part[0]["task"]: target_loss_sum(run.model, batch, run.seq2seq, sharded=run.config.fsdp)}, tokens
+
+
+def to_device(batch, device):
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch.to(device) if hasattr(batch, "to") else batch
 
 
 def sum_gradients(run: Run) -> None:
@@ -322,26 +397,23 @@ def train_step(run: Run) -> tuple[list[float], int, float]:
     import torch
 
     micro_batches = step_batches(run)
-    counts = {task_id: sum(f["n_target"] for rows in micro_batches for i in rows for f in run.features[i]
-                           if f["task"] == task_id) for task_id in run.weights}
+    counts = {task_id: sum(f["tasks"].get(task_id, 0) for rows in micro_batches for i in rows for f in run.features[i])
+              for task_id in run.weights}
     sums = torch.zeros(3)  # label, rationale, tokens processed: this process's share
     autocast = torch.autocast(device_type=run.accelerator.device.type, dtype=torch.bfloat16,
                               enabled=run.precision == "bf16")
     for rows in micro_batches:
-        for task_id, weight in run.weights.items():
-            part, share = task_part(run, rows, task_id)
-            if not part or not counts[task_id]:
-                continue
-            batch = {k: v.to(run.accelerator.device) for k, v in collate(part, run.tokenizer.pad_token_id,
-                                                                           run.seq2seq).items()}
+        for part, share in passes(run, rows):
             with autocast:
-                loss_sum = target_loss_sum(run.model, batch, run.seq2seq, sharded=run.config.fsdp)
+                losses, tokens = forward(run, part)
             # each process's loss is its share of the step's mean; FSDP averages gradients, so undo that
-            scale = share * (run.world if run.config.fsdp else 1) * weight / counts[task_id]
-            (scale * loss_sum).backward()
-            sums[task_id] += share * loss_sum.item() / counts[task_id]
-            sums[2] += share * (int(batch["attention_mask"].sum()) + (sum(f["n_target"] for f in part) if run.seq2seq
-                                                                      else 0))
+            scale = share * (run.world if run.config.fsdp else 1)
+            total = sum(run.weights[t] * loss / counts[t] for t, loss in losses.items() if counts.get(t))
+            if torch.is_tensor(total):
+                (scale * total).backward()
+            for t, loss in losses.items():
+                sums[t] += share * loss.item() / counts[t]
+            sums[2] += share * tokens
     if run.world > 1 and not run.config.fsdp:
         sum_gradients(run)
     if run.world > 1:

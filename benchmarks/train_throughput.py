@@ -42,8 +42,8 @@ def step_examples(task_name: str, steps: int, batch_size: int):
     return [[rows[i] for i in batch_indices(len(rows), batch_size, 0, step)] for step in range(steps)]
 
 
-def encoded_steps(task_name: str, steps: int, batch_size: int, method: str, shared: bool):
-    """Per step, the features `dsbs train` builds for ``method`` (suffix form; shared pass for dsbs)."""
+def encoded_steps(task_name: str, steps: int, batch_size: int, method: str, shared: bool, form: str = "suffix"):
+    """Per step, the features `dsbs train` builds for ``method`` (shared pass for dsbs)."""
     from dsbs.batching import encode_item, encode_shared, items_for
     from dsbs.models import load_student
 
@@ -54,14 +54,20 @@ def encoded_steps(task_name: str, steps: int, batch_size: int, method: str, shar
         if shared:
             out.append([encode_shared(tokenizer, g, False, 512, 256) for g in groups])
         else:
-            out.append([encode_item(tokenizer, i, False, 512, 256, form="suffix") for g in groups for i in g])
+            out.append([encode_item(tokenizer, i, False, 512, 256, form=form) for g in groups for i in g])
     return out
 
 
-def padding_fraction(passes: list[list[dict]]) -> float:
-    """Share of padded positions in the batches as collated (each pass padded to its longest row)."""
-    real = sum(len(f["input_ids"]) for p in passes for f in p)
-    padded = sum(len(p) * max(len(f["input_ids"]) for f in p) for p in passes if p)
+def padding_fraction(steps: list[list[dict]], pack: bool) -> float:
+    """Share of padded positions in the rows `dsbs train` builds (packed several examples to a row, or one each)."""
+    from dsbs.batching import pack_rows
+
+    real = padded = 0
+    for features in steps:
+        lengths = [len(f["input_ids"]) for f in features]
+        rows = pack_rows(lengths) if pack else [[i] for i in range(len(lengths))]
+        real += sum(lengths)
+        padded += len(rows) * max(sum(lengths[i] for i in row) for row in rows)
     return 1 - real / padded
 
 
@@ -157,14 +163,16 @@ def main() -> None:
     for task in args.tasks:
         dsbs_steps = encoded_steps(task, args.steps, args.batch_size, "dsbs", shared=True)
         standard_steps = encoded_steps(task, args.steps, args.batch_size, "standard", shared=False)
-        flops = {"dsbs": statistics.fmean(training_flops(config, s) for s in dsbs_steps[1:]),
-                 "standard": statistics.fmean(training_flops(config, s) for s in standard_steps[1:])}
-        print(f"{task:>6} padding: dsbs shared {padding_fraction(dsbs_steps):.1%}, "
-              f"standard {padding_fraction(standard_steps):.1%}")
+        reference_steps = encoded_steps(task, args.steps, args.batch_size, "dsbs", shared=False, form="prefix")
+        flops = {name: statistics.fmean(training_flops(config, s) for s in steps[1:]) for name, steps in
+                 (("dsbs", dsbs_steps), ("standard", standard_steps), ("reference", reference_steps))}
+        print(f"{task:>6} padding, one example per row -> packed: dsbs shared {padding_fraction(dsbs_steps, False):.1%}"
+              f" -> {padding_fraction(dsbs_steps, True):.1%}, standard {padding_fraction(standard_steps, False):.1%}"
+              f" -> {padding_fraction(standard_steps, True):.1%}")
         results = {impl: measure(impl, task, args) for impl in
                    ("reference", "ours-dsbs-fp32", "ours-dsbs-bf16", "ours-standard-fp32", "ours-standard-bf16")}
         for impl, r in results.items():
-            step_flops = flops["standard" if "standard" in impl else "dsbs"]
+            step_flops = flops[impl.split("-")[1] if "-" in impl else impl]  # the FLOPs each one has to do
             print(f"{task:>6} {impl:>15} {r['examples_per_s']:>7.2f} {r['step_seconds']:>7.2f} "
                   f"{step_flops / r['step_seconds'] / 1e9:>8.1f} {step_flops / r['step_seconds'] / peak:>6.1%} "
                   f"{r['peak_rss_mb']:>7.0f}MB")

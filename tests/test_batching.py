@@ -81,7 +81,8 @@ def test_shared_sequence_reads_the_input_once_and_hides_the_branches_from_each_o
     assert shared["position_ids"] == list(range(n_input + label_len)) + rationale_positions
     assert shared["tasks"] == {LABEL_TASK: separate[0]["tasks"][LABEL_TASK],
                                RATIONALE_TASK: separate[1]["tasks"][RATIONALE_TASK]}
-    batch = collate_shared([shared, encode_shared(tokenizer, items_for(EXAMPLE, "standard"), False, 64, 32)], 0, False)
+    batch = collate_shared([shared, encode_shared(tokenizer, items_for(EXAMPLE, "standard"), False, 64, 32)], 0, False,
+                           pack=False)
     mask = batch["attention_mask"][0, 0]
     first_label, first_rationale = n_input, n_input + label_len
     assert mask[first_rationale, :n_input].all() and not mask[first_rationale, first_label:first_rationale].any()

@@ -42,7 +42,7 @@ def test_grid_runs_once_resumes_and_reports(tiny_causal, tmp_path):
     assert len(read_appended_jsonl(results)) == 8
     out = report(str(results))
     assert "| dsbs |" in out["markdown"] and "(2 seeds)" in out["markdown"]
-    assert "| dsbs | 50.0% |" in out["markdown"] and "| dsbs | 100.0% |" in out["markdown"], "paired against standard"
+    assert "| dsbs | standard | 50.0% |" in out["markdown"] and "| dsbs | standard | 100.0% |" in out["markdown"]
     assert "Minimum resources" in out["markdown"] and "first 6 test rows" in out["markdown"]
     assert all(Path(p).stat().st_size > 1000 for p in out["plots"])
     assert all(len(r["test_correct"]) == 6 and set(r["test_correct"]) <= {"0", "1"} for r in first)
@@ -115,11 +115,34 @@ def test_shipped_recipe_resolves_and_runs_two_steps(recipe_path, tiny_causal, tm
     import yaml
 
     raw = yaml.safe_load(recipe_path.read_text())
-    tasks = [t for t in raw["tasks"] if t in ("cqa", "svamp")]
+    from dsbs.tasks import TaskConfig, get_task
+
+    def has_pool(task: str) -> bool:  # the full release has splits these samples do not
+        split = raw["train"].get("train_split") or get_task(TaskConfig(task=task)).train_split
+        return (Path(DATA_DIR) / task / f"{task}_{split}.json").is_file()
+
+    tasks = [t for t in raw["tasks"] if t in ("cqa", "svamp", "esnli") and has_pool(t)]
+    assert tasks, "every shipped recipe runs on data this repository's tests have"
     train = {**raw["train"], "max_steps": 2, "batch_size": 2, "eval_limit": 2, "eval_interval": 0, "precision": "fp32",
              "keep_checkpoints": False}
+    variants = {name: {**v, "max_steps": 2, "eval_interval": 0} for name, v in raw.get("variants", {}).items()}
     small = tiny_recipe(tmp_path, tiny_causal, tasks=tasks, methods=raw["methods"], fractions=[min(raw["fractions"])],
-                        seeds=[0], task_settings={"data_dir": DATA_DIR}, train=train, test_limit=3)
+                        seeds=[0], task_settings={"data_dir": DATA_DIR}, train=train, test_limit=3,
+                        variants=variants, task_train={t: {"max_steps": 2} for t in raw.get("task_train", {})})
     results = run_experiment(load_recipe(str(small)))
-    assert len(results) == len(tasks) * len(raw["methods"])
+    assert len(results) == len(tasks) * len(raw["methods"]) * max(1, len(variants))
     assert all(r["test_n"] == 3 and len(r["test_correct"]) == 3 for r in results)
+
+
+def test_variants_are_one_more_axis_and_compare_with_their_own_standard(tiny_causal, tmp_path):
+    recipe = load_recipe(str(tiny_recipe(tmp_path, tiny_causal, methods=["standard", "dsbs"], fractions=[1.0],
+                                         seeds=[0], variants={"short": {"max_steps": 1}, "alpha9": {"alpha": 0.9}})))
+    assert sorted(run_name(r) for r in recipe.runs())[0].endswith("-s0-alpha9")
+    results = run_experiment(recipe)
+    assert {(r["method"], r["variant"], r["steps"]) for r in results} == {
+        ("standard", "short", 1), ("dsbs", "short", 1), ("standard", "alpha9", 2), ("dsbs", "alpha9", 2)}
+    lever = next(r for r in results if r["variant"] == "alpha9" and r["method"] == "dsbs")
+    assert lever["train_settings"]["alpha"] == 0.9
+    markdown = report(recipe.output)["markdown"]
+    assert "| dsbs [short] | standard [short] | 100.0% |" in markdown
+    assert "| dsbs [alpha9] | standard [alpha9] | 100.0% |" in markdown

@@ -64,3 +64,27 @@ def test_shared_pass_equals_separate_passes(tiny_student):
     assert set(got) == set(expected) and len(got) > 10
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_packing_rows_changes_no_loss_and_no_gradient(tiny_causal):
+    from dsbs.batching import pack_rows
+
+    model, tokenizer, _ = load(tiny_causal)
+    examples = demo.load("train")[:8]
+    features = [encode_shared(tokenizer, items_for(e, "dsbs"), False, 64, 48) for e in examples[:4]]
+    features += [encode_item(tokenizer, items_for(e, "standard")[0], False, 64, 48, form="suffix")
+                 for e in examples[4:]]
+    results = []
+    for pack in (False, True):
+        batch = collate_shared(features, tokenizer.pad_token_id, False, pack=pack)
+        losses = shared_loss_sums(model, batch, False)
+        sum(losses.values()).backward()
+        results.append((batch["input_ids"].shape, losses, gradients(model)))
+    (unpacked_shape, unpacked, unpacked_grads), (packed_shape, packed, packed_grads) = results
+    assert packed_shape[0] < unpacked_shape[0] == 8, "several examples share a row"
+    for task in unpacked:
+        torch.testing.assert_close(packed[task], unpacked[task], rtol=1e-5, atol=1e-5)
+    for name in unpacked_grads:
+        torch.testing.assert_close(packed_grads[name], unpacked_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert sorted(i for row in pack_rows([5, 9, 3, 9, 1], 2.0) for i in row) == [0, 1, 2, 3, 4]
+    assert all(sum([5, 9, 3, 9, 1][i] for i in row) <= 18 for row in pack_rows([5, 9, 3, 9, 1], 2.0))

@@ -68,6 +68,8 @@ class TrainConfig:
                                                       "paper's '[label] x')")
     shared_pass: bool = option(True, "dsbs in the suffix form: one pass over each input for both tasks (off: a "
                                      "pass per task, as the paper's code does)")
+    pack: bool = option(True, "decoder-only students: pack several examples into each row (block-diagonal "
+                              "attention, positions restarting per example) instead of padding each to the longest")
     data_fraction: float = option(1.0, "fraction of the training pool to use, drawn with --seed")
     pool_size: int | None = option(None, "cap the training pool (after the validation split) at N rows, one fixed "
                                    "draw for every seed, so that fractions are of a pool a CPU can afford")

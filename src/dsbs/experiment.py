@@ -32,7 +32,7 @@ from dsbs.models import DEFAULT_STUDENT
 from dsbs.tasks import TaskConfig
 from dsbs.tasks.common import read_appended_jsonl
 
-AXES = ("task", "method", "fraction", "student", "seed")
+AXES = ("task", "method", "fraction", "student", "seed", "variant")
 RESULT_FILE = "result.json"  # in a run's directory once it is evaluated; results.jsonl gets the same line
 
 
@@ -55,6 +55,9 @@ class Recipe:
     train: dict = field(default_factory=dict, metadata={"help": "TrainConfig fields shared by every run"})
     task_train: dict = field(default_factory=dict, metadata={"help": "per task: TrainConfig fields that override "
                                                              "`train` for that task (e.g. its step budget)"})
+    variants: dict = field(default_factory=dict, metadata={"help": (
+        "named sets of TrainConfig fields, one more axis of the grid: {steps400: {max_steps: 400}, alpha0.8: "
+        "{alpha: 0.8}}; reports compare a variant's methods with its own standard, else the plain one")})
     eval_batch_size: int = option(32, "inputs per batch in the test evaluation")
     test_limit: int | None = option(None, "evaluate on the first N test rows only (None: all)")
     priority: list[dict] = field(default_factory=list, metadata={"help": (
@@ -75,13 +78,18 @@ class Recipe:
     def runs(self) -> list[dict]:
         """Every run of the grid as (task, method, fraction, student, seed), in priority order."""
         cells = [dict(zip(AXES, combo, strict=True)) for combo in
-                 itertools.product(self.tasks, self.methods, self.fractions, self.students, self.seeds)]
+                 itertools.product(self.tasks, self.methods, self.fractions, self.students, self.seeds,
+                                   list(self.variants) or [""])]
         return sorted(cells, key=lambda cell: (priority_rank(cell, self.priority), cell["seed"]))
+
+    def settings(self, run: dict) -> dict:
+        """The TrainConfig fields a cell sets: shared, then its task's, then its variant's."""
+        return {**self.train, **self.task_train.get(run["task"], {}), **self.variants.get(run.get("variant", ""), {})}
 
     def configs(self, run: dict) -> tuple[TaskConfig, TrainConfig]:
         """The resolved configs of one run (fails early on a misspelt setting)."""
         task_config = TaskConfig(**{**self.task_settings, "task": run["task"]})
-        train_config = TrainConfig(**{**self.train, **self.task_train.get(run["task"], {}), "method": run["method"],
+        train_config = TrainConfig(**{**self.settings(run), "method": run["method"],
                                       "data_fraction": run["fraction"], "student": run["student"], "seed": run["seed"],
                                       "output": str(Path(self.output) / "runs" / run_name(run)), "resume": True})
         return task_config, train_config
@@ -97,7 +105,8 @@ def priority_rank(cell: dict, rules: list[dict]) -> int:
 
 def run_name(run: dict) -> str:
     student = re.sub(r"[^A-Za-z0-9.-]+", "_", Path(run["student"]).name)
-    return f"{Path(run['task']).stem}-{run['method']}-{student}-f{run['fraction']:g}-s{run['seed']}"
+    variant = f"-{run['variant']}" if run.get("variant") else ""
+    return f"{Path(run['task']).stem}-{run['method']}-{student}-f{run['fraction']:g}-s{run['seed']}{variant}"
 
 
 def load_recipe(path: str, output: str | None = None) -> Recipe:
@@ -147,7 +156,7 @@ def run_cell(recipe: Recipe, run: dict) -> dict:
               "train_seconds": summary.get("train_seconds_this_session"), "tokens": summary.get("tokens_this_session"),
               "target_tokens": summary.get("target_tokens_this_session"), "parameters": summary.get("parameters"),
               "embedding_parameters": summary.get("embedding_parameters"),
-              "train_settings": {**recipe.train, **recipe.task_train.get(run["task"], {})},
+              "train_settings": recipe.settings(run),
               "test_limit": recipe.test_limit,
               "test_correct": metrics["correct_vector"], "teacher_test_correct": metrics["teacher_correct_vector"]}
     if not recipe.keep_weights:

@@ -28,17 +28,32 @@ def references(task: str) -> tuple[float | None, dict]:
     return spec.teacher_few_shot_accuracy, spec.paper_t5_base
 
 
-def method_rank(method: str) -> int:
-    """Methods in the order of dsbs.methods; a name from an older results file goes last."""
-    return METHOD_NAMES.index(method) if method in METHOD_NAMES else len(METHOD_NAMES)
+def method_rank(row: str) -> tuple:
+    """Rows in the order of dsbs.methods (a name from an older results file last), variants after."""
+    method, _, variant = row.partition(" [")
+    return (METHOD_NAMES.index(method) if method in METHOD_NAMES else len(METHOD_NAMES)), variant
+
+
+def label(result: dict) -> str:
+    """A row of the tables: the method, and the recipe variant it ran in, if any."""
+    return result["method"] + (f" [{result['variant']}]" if result.get("variant") else "")
 
 
 def group_results(results: list[dict]) -> dict:
-    """(task, student) -> method -> fraction -> the result lines of its seeds, in seed order."""
+    """(task, student) -> method [variant] -> fraction -> the result lines of its seeds, in seed order."""
     groups = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for r in sorted(results, key=lambda r: r["seed"]):
-        groups[(r["task"], r["student"])][r["method"]][r["fraction"]].append(r)
+        groups[(r["task"], r["student"])][label(r)][r["fraction"]].append(r)
     return groups
+
+
+def baseline(cells: dict, row: str) -> str | None:
+    """The standard fine-tuning row a row is compared with: its variant's own, else the plain one."""
+    variant = row[row.index(" [") :] if " [" in row else ""
+    for candidate in (f"standard{variant}", "standard"):
+        if candidate in cells and candidate != row:
+            return candidate
+    return None
 
 
 def matrix(lines: list[dict], seeds: list[int] | None = None):
@@ -98,22 +113,24 @@ def accuracy_table(cells: dict, fractions: list[float]) -> list[str]:
 
 
 def against_standard(cells: dict, fractions: list[float]) -> list[str]:
-    """Each method minus standard fine-tuning at the same fraction, paired."""
-    if "standard" not in cells:
-        return []
+    """Each row minus standard fine-tuning at the same data (its variant's standard, else the plain one), paired."""
     rows = []
-    for method in sorted(cells, key=method_rank):
+    for row in sorted(cells, key=method_rank):
+        reference = baseline(cells, row)
         for fraction in fractions:
-            if method == "standard" or not cells[method].get(fraction) or not cells["standard"].get(fraction):
+            if reference is None or row.partition(" [")[0] == "standard":
                 continue
-            d = paired(cells[method][fraction], cells["standard"][fraction])
-            rows.append(f"| {method} | {fraction:.1%} | {difference_text(d) if d else 'no per-item data'} | "
+            if not cells[row].get(fraction) or not cells[reference].get(fraction):
+                continue
+            d = paired(cells[row][fraction], cells[reference][fraction])
+            rows.append(f"| {row} | {reference} | {fraction:.1%} | {difference_text(d) if d else 'no per-item data'} | "
                         f"{f'{d.p_value:.3g}' if d else '—'} | {d.seeds if d else '—'} |")
     if not rows:
         return []
     return ["", "Against standard fine-tuning at the same data (accuracy points; 95% bootstrap interval over seeds and "
             "test items, paired; p: paired permutation test over items on seed-averaged correctness):", "",
-            "| method | data | difference [95% interval] | p | paired seeds |", "|---|---|---|---|---|", *rows]
+            "| method | against | data | difference [95% interval] | p | paired seeds |", "|---|---|---|---|---|---|",
+            *rows]
 
 
 def reach(cells: dict, method: str, reference: list[dict], target: float) -> str:

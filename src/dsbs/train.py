@@ -332,13 +332,13 @@ def step_batches(run: Run) -> list[list[int]]:
 def passes(run: Run, rows: list[int]) -> list[tuple[list[dict], float]]:
     """This process's forward passes over a micro-batch: (features, share of the loss they carry).
 
-    Shared: one pass over all of its examples. Otherwise one pass per task, each padded to its own
-    longest item (short labels are not padded to rationale length). Under FSDP a process with no
-    item of a task still runs a zero-weighted pass on one, because FSDP's weight gathers are
-    collective: every process must run every pass.
+    Decoder-only, or a shared pass: one pass over all of its examples, packed several to a row.
+    Otherwise (seq2seq) one pass per task, each padded to its own longest item. Under FSDP a
+    process with no item of a task still runs a zero-weighted pass on one, because FSDP's weight
+    gathers are collective: every process must run every pass.
     """
     mine = [f for i in rows[run.accelerator.process_index :: run.world] for f in run.features[i]]
-    if run.shared:
+    if run.shared or not run.seq2seq:  # decoder-only items of every task pack into one pass
         return [(mine, 1.0)]
     result = []
     for task_id in run.weights:
@@ -353,8 +353,8 @@ def passes(run: Run, rows: list[int]) -> list[tuple[list[dict], float]]:
 def forward(run: Run, part: list[dict]) -> tuple[dict, int]:
     """({task: summed target-token loss}, tokens processed) of one pass."""
     pad = run.tokenizer.pad_token_id
-    if run.shared:
-        batch = collate_shared(part, pad, run.seq2seq)
+    if run.shared or not run.seq2seq:
+        batch = collate_shared(part, pad, run.seq2seq, pack=run.config.pack)
         tokens = batch.pop("real_tokens", None)
         if tokens is None:  # seq2seq: the encoder's tokens and every decoder's
             tokens = int(batch["attention_mask"].sum()) + sum(f["tasks"].get(t, 0) for f in part for t in f["tasks"])

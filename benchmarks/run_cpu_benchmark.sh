@@ -6,7 +6,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-../bench-runs}
 dsbs=${DSBS:-.venv/bin/dsbs}
-for recipe in cpu-esnli cpu-svamp cpu-esnli-levers cpu-esnli-budget; do
+for recipe in cpu-esnli cpu-esnli-prefix cpu-svamp cpu-esnli-levers cpu-esnli-budget; do
     case $recipe in cpu-svamp) out=$runs/cpu-svamp ;; *) out=$runs/cpu-esnli ;; esac
     "$dsbs" experiment "recipes/$recipe.yaml" --output "$out" || exit $?
 done

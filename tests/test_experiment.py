@@ -146,3 +146,9 @@ def test_variants_are_one_more_axis_and_compare_with_their_own_standard(tiny_cau
     markdown = report(recipe.output)["markdown"]
     assert "| dsbs [short] | standard [short] | 100.0% |" in markdown
     assert "| dsbs [alpha9] | standard [alpha9] | 100.0% |" in markdown
+    assert "| dsbs [alpha9] | dsbs | 100.0% |" not in markdown  # no plain dsbs here to compare with
+    plain = {**results[0], "variant": "", "method": "dsbs", "run": "plain"}
+    from dsbs.report import group_results
+    from dsbs.report import markdown as render
+
+    assert "| dsbs [alpha9] | dsbs | 100.0% |" in render(group_results([*results, plain]))

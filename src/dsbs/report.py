@@ -133,6 +133,25 @@ def against_standard(cells: dict, fractions: list[float]) -> list[str]:
             *rows]
 
 
+def against_plain(cells: dict, fractions: list[float]) -> list[str]:
+    """Each variant's row minus its method's plain row (e.g. "dsbs [prefix]" against "dsbs"), paired."""
+    rows = []
+    for row in sorted(cells, key=method_rank):
+        plain = row.partition(" [")[0]
+        if plain == row or plain not in cells:
+            continue
+        for fraction in fractions:
+            if cells[row].get(fraction) and cells[plain].get(fraction):
+                d = paired(cells[row][fraction], cells[plain][fraction])
+                rows.append(f"| {row} | {plain} | {fraction:.1%} | {difference_text(d) if d else 'no per-item data'} | "
+                            f"{f'{d.p_value:.3g}' if d else '—'} | {d.seeds if d else '—'} |")
+    if not rows:
+        return []
+    return ["", "Each variant against its method's plain runs (same statistics):", "",
+            "| variant | against | data | difference [95% interval] | p | paired seeds |", "|---|---|---|---|---|---|",
+            *rows]
+
+
 def reach(cells: dict, method: str, reference: list[dict], target: float) -> str:
     """The smallest fraction at which ``method`` reaches ``target`` accuracy, with its paired interval."""
     for fraction in sorted(cells[method]):
@@ -186,6 +205,7 @@ def markdown(groups: dict) -> str:
         out += [f"### {task} — student {student} (test n = {some[0]['test_n']}{'; ' + note if note else ''})", ""]
         out += accuracy_table(cells, fractions)
         out += against_standard(cells, fractions)
+        out += against_plain(cells, fractions)
         teacher = teacher_lines(cells)
         out += minimum_resources(cells, teacher)
         full_teacher, paper = references(Path(task).stem)

@@ -69,3 +69,24 @@ def test_predict_resume_answers_only_the_missing_lines(trained, tmp_path):
     summary = predict_file(trained, str(source), str(out), resume=True)
     assert summary["predicted"] == 3 and summary["already_done"] == 2
     assert [json.loads(line)["line"] for line in out.read_text().splitlines()] == [1, 2, 3, 4, 5]
+
+
+def test_a_student_without_a_prompt_form_is_prompted_in_the_prefix_form(trained_student, tmp_path, monkeypatch):
+    import shutil
+
+    from dsbs import inference
+    from dsbs.checkpoint import read_meta
+    from dsbs.models import load_student
+
+    old = tmp_path / "old-student"
+    shutil.copytree(trained_student, old)
+    meta = read_meta(old)
+    assert meta.pop("prompt_form") == "suffix"
+    (old / "dsbs.json").write_text(json.dumps(meta))  # as students trained before the suffix form
+    forms = []
+    encode = inference.encode_prompt
+    monkeypatch.setattr(inference, "encode_prompt", lambda *a, **k: forms.append(a[5]) or encode(*a, **k))
+    model, tokenizer = load_student(str(old))
+    inference.predict(model, tokenizer, read_meta(old), ["2 boxes of 3?"])
+    inference.predict(model, tokenizer, read_meta(trained_student), ["2 boxes of 3?"])
+    assert forms == ["prefix", "suffix"]

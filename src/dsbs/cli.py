@@ -160,6 +160,13 @@ def cmd_report(args) -> None:
     _print_json(result)
 
 
+def cmd_push(args) -> None:
+    from dsbs.hub import push
+
+    config = from_args(configs.PushConfig, args)
+    _print_json(push(config.directory, config.repo_id, private=config.private))
+
+
 # subcommand -> (function, help, config classes); `dsbs data download|inspect` are nested
 COMMANDS = {
     "demo": (cmd_demo, "the whole pipeline on the built-in offline demo task", [configs.DemoConfig]),
@@ -174,6 +181,8 @@ COMMANDS = {
     "serve": (cmd_serve, "HTTP service: POST /predict and OpenAI-compatible /v1/chat/completions",
               [configs.ServeConfig]),
     "predict": (cmd_predict, "label every line of a JSONL file", [configs.PredictConfig]),
+    "push": (cmd_push, "upload a teach output or a student, with its card, to the Hugging Face Hub",
+             [configs.PushConfig]),
 }
 DATA_COMMANDS = {
     "download": (cmd_download, "fetch and unpack the paper's released datasets.zip", [configs.DownloadConfig]),

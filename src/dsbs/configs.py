@@ -100,6 +100,10 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = option("auto", "bf16 (autocast, fp32 master weights), fp32, or auto: "
                                                         "bf16 on GPUs that support it; on a CPU whichever a short "
                                                         "matmul measurement, cached per machine, finds faster")
+    report_to: Literal["none", "tensorboard", "trackio", "wandb", "mlflow"] = option(
+        "none", "log losses, lr, tokens/s, validation accuracy, the resolved config and (dsbs evaluate/experiment) "
+        "test metrics to a tracker; a resumed run continues its tracker run")
+    tracker_project: str = option("dsbs", "the tracker's project (trackio, wandb, mlflow experiment)")
     resume: bool = option(False, "continue from the latest checkpoint in --output")
     keep_checkpoints: bool = option(True, "keep the last checkpoint (weights + optimizer) after the run ends; "
                                     "model/ is always kept")
@@ -248,6 +252,15 @@ class ExperimentConfig:
 
     def __post_init__(self):
         check_at_least(self, 1, "jobs")
+
+
+@dataclass
+class PushConfig:
+    """Upload a teach output or a student directory, with its card, to the Hugging Face Hub."""
+
+    directory: str = option(help="a teach output (teach_summary.json) or a student (dsbs.json)", positional=True)
+    repo_id: str = option(help="NAME or OWNER/NAME on the Hub")
+    private: bool = option(False, "create the repository private")
 
 
 @dataclass

@@ -17,6 +17,18 @@ def teacher_vector(task, rows) -> str | None:
                    for e in rows)
 
 
+def log_to_tracker(model_dir: Path, meta: dict, metrics: dict) -> None:
+    """Test metrics into the tracker run of the training run this student came from, if it had one."""
+    from dsbs.tracking import resume_tracker
+
+    tracker = resume_tracker(model_dir.resolve().parent)
+    if tracker is not None:
+        split = metrics["split"]
+        tracker.log({f"{split}/accuracy": metrics["accuracy"], f"{split}/n": metrics["n"],
+                     f"{split}/parse_failures": metrics["parse_failures"]}, meta.get("step") or 0)
+        tracker.finish()
+
+
 def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, limit: int | None = None,
              batch_size: int = 16, output: str | None = None, with_rationale: bool = False) -> dict:
     """Accuracy of the student in ``model_dir``; writes predictions.jsonl and metrics.json to ``output``."""
@@ -48,6 +60,7 @@ def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, 
                "correct_vector": vector, "teacher_correct_vector": teacher_vector(task, rows),
                "parse_failures": failures, "task": task.name, "split": split, "model": str(model_dir),
                "method": meta["method"], "seconds": round(seconds, 2), "task_config": asdict(task_config)}
+    log_to_tracker(Path(model_dir), meta, metrics)
     if output:
         out = Path(output)
         out.mkdir(parents=True, exist_ok=True)

@@ -400,6 +400,9 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
                for i, row in enumerate(rows)]
     files = write_outputs(task_config, task, split, records, output)
     summary = summarize(task, split, records, stats, config, files, time.perf_counter() - started)
+    from dsbs.hub import write_teach_dataset
+
+    summary["files"].append(str(write_teach_dataset(output, task, split, records, summary, spec, config)))
     write_atomic(output / "teach_summary.json", json.dumps(summary, indent=2))
     return summary
 

@@ -502,8 +502,8 @@ class Meter:
         return record
 
 
-def make_logger(path: Path, main: bool):
-    """log(record): one JSON line in log.jsonl and a readable line on the console (main process only)."""
+def make_logger(path: Path, main: bool, tracker=None):
+    """log(record): one JSON line in log.jsonl, a readable console line and the tracker (main process only)."""
     from tqdm.auto import tqdm
 
     def log(record: dict) -> None:
@@ -511,6 +511,8 @@ def make_logger(path: Path, main: bool):
             return
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        if tracker is not None:
+            tracker.log({k: v for k, v in record.items() if k != "step"}, record["step"])
         tqdm.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
 
     return log
@@ -524,7 +526,13 @@ def fit(run: Run) -> dict:
     if run.main and log_path.exists():  # drop lines logged after the checkpoint we resume from
         kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= run.step]
         write_atomic(log_path, "".join(line + "\n" for line in kept))
-    log, meter, started = make_logger(log_path, run.main), Meter(run.weights), time.perf_counter()
+    tracker = None
+    if run.main:
+        from dsbs.tracking import open_tracker
+
+        resolved = json.loads((run.output / "train_config.json").read_text())
+        tracker = open_tracker(config.report_to, run.output, config.tracker_project, resolved, first_step=run.step + 1)
+    log, meter, started = make_logger(log_path, run.main, tracker), Meter(run.weights), time.perf_counter()
     run.model.train()
     bar = tqdm(total=run.max_steps, initial=run.step, desc="train", unit="step", disable=not run.main)
     while run.step < run.max_steps:
@@ -541,6 +549,8 @@ def fit(run: Run) -> dict:
         if run.step % run.save_interval == 0 or (last and config.keep_checkpoints):
             save_checkpoint(run)
     bar.close()
+    if tracker is not None:
+        tracker.finish()
     return finish(run, meter, time.perf_counter() - started)
 
 

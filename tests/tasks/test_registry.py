@@ -49,5 +49,5 @@ def test_a_new_task_file_is_found_everywhere(tmp_path, monkeypatch):
     from dsbs.report import references
 
     assert references("toy") == (51.0, {"dsbs": 60.0})
-    with pytest.raises(DataError, match="use anli1, cqa, demo, esnli, svamp, toy, or a .jsonl/.csv file"):
+    with pytest.raises(DataError, match="use anli1, cqa, demo, esnli, svamp, toy, a .jsonl/.csv/.parquet/.arrow file"):
         get_task(TaskConfig(task="nosuch"))

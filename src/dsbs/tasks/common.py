@@ -57,6 +57,8 @@ class Task:
     # from the released completions) and the paper's T5-Base students on full data (Table 1)
     teacher_few_shot_accuracy: float | None = None
     paper_t5_base: dict = field(default_factory=dict)
+    # where the rows come from and under which licences, for the cards of data derived from them
+    sources: str = ""
 
     def read_answer(self, completion: str, example: Example) -> tuple[str | None, str | None, str | None]:
         """(rationale, label to train on, label as written) of a teacher completion for ``example``.

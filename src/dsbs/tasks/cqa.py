@@ -15,6 +15,8 @@ from dsbs.tasks.common import (
 )
 
 NAME = "cqa"
+SOURCES = ("the paper's release (google-research/distilling-step-by-step, Apache-2.0) of "
+           "CommonsenseQA (MIT licence) with CoS-E (BSD-3-Clause)")
 CHOICE_LETTERS = "abcde"
 _CHOICE = re.compile(r"\(([a-e])\)\s*(.*)", re.DOTALL)
 
@@ -60,4 +62,5 @@ def parse_completion(completion: str) -> tuple[str | None, str | None]:
 def task(data_dir=None) -> Task:
     return paper_task(NAME, data_dir, parse_row, parse_completion, text_labels_match, label_max_tokens=16,
                       canonical_label=choice_label,
-                      teacher_few_shot_accuracy=77.23, paper_t5_base={"standard": 62.19, "dsbs": 63.29})
+                      sources=SOURCES, teacher_few_shot_accuracy=77.23,
+                      paper_t5_base={"standard": 62.19, "dsbs": 63.29})

@@ -4,6 +4,7 @@ from functools import partial
 from pathlib import Path
 
 from dsbs.equation import equations_equal, is_equation
+from dsbs.errors import MissingDependency
 from dsbs.tasks.common import (
     DataError,
     Example,
@@ -65,24 +66,83 @@ def load_file(path: Path, config) -> list[Example]:
     return examples
 
 
+DATASET_SUFFIXES = (".parquet", ".arrow")
+
+
+def is_dataset_source(source: str) -> bool:
+    """A Hugging Face `datasets` source: hf:NAME[:CONFIG], a parquet or arrow file, or a save_to_disk directory."""
+    path = Path(source)
+    return source.startswith("hf:") or path.suffix.lower() in DATASET_SUFFIXES or (
+        path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")))
+
+
+def open_dataset(source: str):
+    """The `datasets` Dataset or DatasetDict behind ``source``."""
+    try:
+        import datasets
+    except ImportError:
+        raise MissingDependency("a datasets source needs the datasets package: pip install 'dsbs[hf]'") from None
+    if source.startswith("hf:"):
+        name, _, subset = source[3:].partition(":")
+        return datasets.load_dataset(name, subset or None)
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"{source}: file not found")
+    if path.is_dir():
+        return datasets.load_from_disk(str(path))
+    if path.suffix.lower() == ".parquet":
+        return datasets.Dataset.from_parquet(str(path))
+    return datasets.Dataset.from_file(str(path))
+
+
+def load_dataset_split(source: str, split: str, config) -> list[Example]:
+    """Rows of one split of a `datasets` source; errors name the dataset, split, row and field."""
+    import datasets
+
+    data = open_dataset(source)
+    if isinstance(data, datasets.DatasetDict):
+        if split not in data:
+            raise DataError(f"{source}: no split {split!r} (it has {', '.join(data)}); choose one with "
+                            "--train-split or --split")
+        data = data[split]
+    examples = [row_to_example(row, f"{source} [{split}] row {number}", config) for number, row in enumerate(data)]
+    if not examples:
+        raise DataError(f"{source} [{split}]: no rows")
+    return examples
+
+
 def _load(config, split: str) -> list[Example]:
+    if is_dataset_source(config.task):
+        single_file = not config.task.startswith("hf:") and not Path(config.task).is_dir()
+        if single_file and split == "test":  # one file is one split: the test rows come from --test-file
+            if not config.test_file:
+                raise DataError("this task has no test split: pass --test-file")
+            return _load_any(config.test_file, "test", config)
+        return load_dataset_split(config.task, "train" if single_file else split, config)
     if split == "train":
         return load_file(Path(config.task), config)
     if split == "test":
         if not config.test_file:
             raise DataError("this task has no test split: pass --test-file")
-        return load_file(Path(config.test_file), config)
+        return _load_any(config.test_file, "test", config)
     raise DataError(f"unknown split {split!r} for a file task (train or test)")
+
+
+def _load_any(source: str, split: str, config) -> list[Example]:
+    if is_dataset_source(source):
+        return load_dataset_split(source, "train" if not Path(source).is_dir() else split, config)
+    return load_file(Path(source), config)
 
 
 def task(config) -> Task:
     path = Path(config.task)
-    if path.suffix.lower() not in (".jsonl", ".json", ".csv"):
+    if path.suffix.lower() not in (".jsonl", ".json", ".csv") and not is_dataset_source(config.task):
         from dsbs.tasks import built_in_names
 
-        raise DataError(f"unknown task {config.task!r}: use {', '.join(built_in_names())}, or a .jsonl/.csv file")
+        raise DataError(f"unknown task {config.task!r}: use {', '.join(built_in_names())}, a .jsonl/.csv/.parquet/"
+                        ".arrow file, a directory saved with datasets' save_to_disk, or hf:NAME[:CONFIG]")
     return Task(
-        name=path.stem,
+        name=config.task[3:].split(":")[0].split("/")[-1] if config.task.startswith("hf:") else path.stem,
         load=partial(_load, config),
         parse_completion=partial(parse_completion, config),
         labels_match=equations_equal if config.metric == "equation" else text_labels_match,

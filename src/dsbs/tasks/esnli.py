@@ -11,6 +11,8 @@ from dsbs.tasks.common import (
 )
 
 NAME = "esnli"
+SOURCES = ("the paper's release (google-research/distilling-step-by-step, Apache-2.0) of "
+           "e-SNLI (MIT licence) over SNLI (CC BY-SA 4.0)")
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 
 
@@ -52,4 +54,5 @@ def parse_completion(completion: str) -> tuple[str | None, str | None]:
 def task(data_dir=None) -> Task:
     return paper_task(NAME, data_dir, parse_nli_row, parse_completion, text_labels_match, label_max_tokens=8,
                       label_is_valid=is_nli_label, train_split="valid",  # the released data has no train split
-                      teacher_few_shot_accuracy=72.99, paper_t5_base={"standard": 88.38, "dsbs": 89.51})
+                      sources=SOURCES, teacher_few_shot_accuracy=72.99,
+                      paper_t5_base={"standard": 88.38, "dsbs": 89.51})

@@ -10,6 +10,8 @@ from dsbs.equation import EquationError, compact_equation, equations_equal, is_e
 from dsbs.tasks.common import DataError, Task, cut_at_next_example, paper_task, row_field, split_on_marker
 
 NAME = "svamp"
+SOURCES = ("the paper's release (google-research/distilling-step-by-step, Apache-2.0) of "
+           "SVAMP (MIT licence)")
 
 
 def parse_row(row: dict, where: str) -> dict:
@@ -42,4 +44,5 @@ def bracketed(text: str) -> str | None:
 def task(data_dir=None) -> Task:
     return paper_task(NAME, data_dir, parse_row, parse_completion, equations_equal, label_max_tokens=32,
                       label_is_valid=is_equation,
-                      teacher_few_shot_accuracy=74.0, paper_t5_base={"standard": 62.63, "dsbs": 65.5})
+                      sources=SOURCES, teacher_few_shot_accuracy=74.0,
+                      paper_t5_base={"standard": 62.63, "dsbs": 65.5})

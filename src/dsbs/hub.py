@@ -1,0 +1,123 @@
+"""The Hugging Face Hub: a teach output as a `datasets` dataset with its card, and `dsbs push`.
+
+A card says how the data was made (teacher, backend, prompt with its exemplars, sampling, counts,
+token usage, dsbs version) and, for data derived from the paper's benchmarks, under which licences
+its sources are. `dsbs push` uploads a teach output or a student directory with its card, and
+never checkpoints, the answer cache, locks, or a file that holds a credential.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from dsbs import __version__
+from dsbs.errors import MissingDependency, UserError
+from dsbs.files import write_atomic
+
+NEVER_PUSHED = ("checkpoints", "cache.sqlite", "cache.sqlite-wal", "cache.sqlite-shm", ".dsbs.lock", "tracker.json",
+                "tensorboard", "wandb", "mlruns")
+
+
+def write_teach_dataset(output: Path, task, split: str, records: list[dict], summary: dict, spec, config) -> Path:
+    """data/{split}-00000-of-00001.parquet and README.md (the dataset card) in ``output``."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        print("no parquet dataset written: pip install 'dsbs[hf]' (pyarrow) for one")
+        return output
+    rows = [{"input": r["input"], "gold_label": r["gold"], "rationale": r["rationale"], "teacher_label": r["label"],
+             "completion": r["completions"][r["chosen"]] if r["completions"] else None, "errors": r["errors"]}
+            for r in records]
+    path = output / "data" / f"{split}-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".tmp-{path.name}")
+    pq.write_table(pa.Table.from_pylist(rows), staging)
+    os.replace(staging, path)
+    write_atomic(output / "README.md", dataset_card(task, split, summary, spec, config))
+    return path
+
+
+def dataset_card(task, split: str, summary: dict, spec, config) -> str:
+    """README.md with YAML metadata, as the Hub reads dataset cards."""
+    from dsbs.teach import safe_url
+
+    meta = {
+        "configs": [{"config_name": "default", "data_files": [{"split": split, "path": f"data/{split}-*.parquet"}]}],
+        "tags": ["distilling-step-by-step", "rationales", "dsbs"],
+        "license": "other" if task.sources else "unknown",
+        "dsbs": {"version": __version__, "task": task.name, "split": split,
+                 "teacher": {"backend": config.backend, "model": config.model, "base_url": safe_url(config.base_url),
+                             "api": config.api},
+                 "sampling": {"temperature": config.temperature, "max_tokens": config.max_tokens,
+                              "samples": config.samples},
+                 "counts": {k: summary[k] for k in ("items", "failed_items", "parse_failures", "cut_replies",
+                                                     "answers_from_cache")},
+                 "tokens": {"prompt": summary["prompt_tokens"], "completion": summary["completion_tokens"]},
+                 "teacher_accuracy": summary["teacher_accuracy"]},
+    }
+    exemplars = "\n\n".join(f"Q: {x}\nA: {a}" for x, a in spec.exemplars)
+    lines = ["---", json_as_yaml(meta), "---", "", f"# Teacher rationales for {task.name} ({split})", "",
+             f"Made with dsbs {__version__} (`dsbs teach`): for each input the teacher `{config.model}` "
+             f"({config.backend} backend, {config.api} API) answered a few-shot chain-of-thought prompt; its answer "
+             "was parsed into a rationale and a label.", "",
+             f"- items: {summary['items']}; failed: {summary['failed_items']}; "
+             f"unparsable: {summary['parse_failures']}; replies cut to the size bound: {summary['cut_replies']}",
+             f"- tokens: {summary['prompt_tokens']} prompt, {summary['completion_tokens']} completion",
+             f"- sampling: temperature {config.temperature}, max_tokens {config.max_tokens}, samples {config.samples}",
+             f"- teacher accuracy on the gold labels: {summary['teacher_accuracy']}", ""]
+    if task.sources:
+        lines += ["## Sources and licences", "", f"Derived from {task.sources}; these licences apply to the "
+                  "inputs and gold labels, and the teacher's terms of use to its outputs.", ""]
+    lines += ["## Prompt", "", "Instruction:", "", "```", spec.instruction or "(none)", "```", "",
+              "Exemplars:", "", "```", exemplars, "```", ""]
+    return "\n".join(lines)
+
+
+def json_as_yaml(value) -> str:
+    """YAML for the card header (JSON is valid YAML; pyyaml, a dependency, makes it readable)."""
+    import yaml
+
+    return yaml.safe_dump(json.loads(json.dumps(value)), sort_keys=False, allow_unicode=True).strip()
+
+
+def files_to_push(directory: Path) -> tuple[list[str], list[str]]:
+    """(files to upload, files left out and why) of a teach output or student directory."""
+    from dsbs.teach import redact
+
+    keep, left_out = [], []
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        relative = path.relative_to(directory)
+        if any(part in NEVER_PUSHED or part.startswith(".") for part in relative.parts):
+            left_out.append(f"{relative} (never pushed)")
+            continue
+        if path.stat().st_size < 5_000_000 and path.suffix in (".json", ".jsonl", ".md", ".txt", ".yaml", ".yml"):
+            text = path.read_text(errors="replace")
+            if redact(text) != text:
+                left_out.append(f"{relative} (holds something like a credential)")
+                continue
+        keep.append(str(relative))
+    return keep, left_out
+
+
+def push(directory: str, repo_id: str, private: bool = False) -> dict:
+    """Upload a teach output (a dataset repo) or a student (a model repo) with its card."""
+    root = Path(directory)
+    if (root / "dsbs.json").is_file():
+        repo_type = "model"
+    elif (root / "teach_summary.json").is_file():
+        repo_type = "dataset"
+    else:
+        raise UserError(f"{directory} is neither a student (dsbs.json) nor a teach output (teach_summary.json)")
+    if not (root / "README.md").is_file():
+        raise UserError(f"{directory} has no README.md card; train or teach again with this dsbs to write one")
+    files, left_out = files_to_push(root)
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise MissingDependency("dsbs push needs huggingface_hub: pip install 'dsbs[hf]'") from None
+    api = HfApi(token=os.environ.get("HF_TOKEN") or None)  # else the token of `hf auth login`
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    api.upload_folder(folder_path=str(root), repo_id=repo_id, repo_type=repo_type, allow_patterns=files,
+                      commit_message=f"dsbs {__version__}: upload {repo_type}")
+    return {"repo_id": repo_id, "repo_type": repo_type, "files": files, "left_out": left_out}

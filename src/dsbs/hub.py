@@ -8,6 +8,7 @@ never checkpoints, the answer cache, locks, or a file that holds a credential.
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from dsbs import __version__
@@ -24,7 +25,7 @@ def write_teach_dataset(output: Path, task, split: str, records: list[dict], sum
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        print("no parquet dataset written: pip install 'dsbs[hf]' (pyarrow) for one")
+        print("no parquet dataset written: pip install 'dsbs[hf]' (pyarrow) for one", file=sys.stderr)
         return output
     rows = [{"input": r["input"], "gold_label": r["gold"], "rationale": r["rationale"], "teacher_label": r["label"],
              "completion": r["completions"][r["chosen"]] if r["completions"] else None, "errors": r["errors"]}

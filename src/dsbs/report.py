@@ -7,6 +7,7 @@ computed from results.jsonl alone: each line carries its per-item test correctne
 """
 
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -235,7 +236,7 @@ def plot(groups: dict, out: Path) -> list[str]:
     try:
         import matplotlib
     except ImportError:
-        print("no plots: matplotlib is not installed (pip install 'dsbs[plot]')")
+        print("no plots: matplotlib is not installed (pip install 'dsbs[plot]')", file=sys.stderr)
         return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -13,6 +13,7 @@ import os
 import random
 import re
 import sqlite3
+import sys
 import threading
 import time
 from collections import Counter
@@ -316,7 +317,8 @@ def ask(backend, request: dict, key: str, cache: "AnswerCache", config: TeachCon
     """One request with retries, its reply cut to the bound, stored before it is returned."""
     def capped(asked: float) -> None:
         stats["retry_after_capped"] += 1
-        print(f"the teacher asked for a {asked:g} s pause; waiting {config.max_retry_after:g} s (max_retry_after)")
+        print(f"the teacher asked for a {asked:g} s pause; waiting {config.max_retry_after:g} s (max_retry_after)",
+              file=sys.stderr)
 
     answer = call_with_retries(lambda: backend(request), config.max_retries, max_retry_after=config.max_retry_after,
                                on_capped=capped)

@@ -12,6 +12,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -246,7 +247,8 @@ def restore(run: Run, checkpoint: Path) -> None:
     torch.set_rng_state(state["torch_rng"])
     run.step, run.best = state["step"], state["best"]
     if state["max_steps"] != run.max_steps:
-        print(f"warning: checkpoint was made for {state['max_steps']} steps, this run has {run.max_steps}")
+        print(f"warning: checkpoint was made for {state['max_steps']} steps, this run has {run.max_steps}",
+              file=sys.stderr)
 
 
 def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
@@ -303,11 +305,11 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
                     "validation_examples": len(val_rows), "pool_examples": len(pool), "student_is_seq2seq": seq2seq,
                     "shared_pass": shared}
         write_atomic(output / "train_config.json", json.dumps(resolved, indent=2))
-    accelerator.print(f"training {config.method} on {task.name}: {len(groups)} examples "
-                      f"({len(train_rows) - len(groups)} skipped), {len(val_rows)} validation, {max_steps} steps, "
-                      f"{run.precision} on {accelerator.device.type}"
-                      + (f" x {run.world} processes" if run.world > 1 else "")
-                      + (f", resumed at step {run.step}" if checkpoint else ""))
+    if run.main:  # progress on stderr: stdout carries the summary
+        print(f"training {config.method} on {task.name}: {len(groups)} examples "
+              f"({len(train_rows) - len(groups)} skipped), {len(val_rows)} validation, {max_steps} steps, "
+              f"{run.precision} on {accelerator.device.type}" + (f" x {run.world} processes" if run.world > 1 else "")
+              + (f", resumed at step {run.step}" if checkpoint else ""), file=sys.stderr)
     return run
 
 
@@ -584,7 +586,7 @@ def train(task_config: TaskConfig, config: TrainConfig) -> dict:
 
     output = Path(config.output)
     if config.resume and (output / "summary.json").is_file():
-        print(f"{output} already holds a finished run; nothing to do")
+        print(f"{output} already holds a finished run; nothing to do", file=sys.stderr)
         return json.loads((output / "summary.json").read_text())
     # Under `accelerate launch` (or torchrun) each process trains on its share of every batch;
     # alone, this is a plain single-process run.

@@ -2,8 +2,13 @@
 vs the local teacher answering with few-shot chain-of-thought (SmolLM2 GGUF through llama.cpp).
 
     python benchmarks/inference_cost.py --model runs/.../model [--items 32] [--batch 32]
+    python benchmarks/inference_cost.py --model runs/.../model-ct2 --reference runs/.../model   # an exported student
 
-Needs DSBS_DATA_DIR; the teacher row needs llama-cpp-python. The last line is machine-readable.
+--model may be an exported student (`dsbs export`): its engine is read from the directory. With
+--reference (the transformers student it came from) both answer the whole test set: the share of
+the same answers (by the task's own comparison) and both accuracies with the paired interval of
+their difference. Needs DSBS_DATA_DIR; the teacher row needs llama-cpp-python. The last line is
+machine-readable: engine=... label_inputs_per_s_batched=... label_inputs_per_s_batch1=... same_answers=...
 """
 
 import argparse
@@ -22,6 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a trained dsbs student (model/ of a dsbs run)")
     parser.add_argument("--task", help="test inputs of this task (default: the task the student was trained on)")
+    parser.add_argument("--reference", help="the transformers student an exported --model came from")
     parser.add_argument("--items", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--teacher-items", type=int, default=8)
@@ -35,8 +41,13 @@ def main() -> None:
 
     meta = read_meta(args.model)
     args.task = args.task or meta["task"]
+    from dsbs.engines import engine_of
+    from dsbs.hardware import cpu_name
+
+    engine = engine_of(args.model) or "transformers"
     model, tokenizer = load_student(args.model, for_inference=True)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in load_student(args.reference or args.model)[0].parameters()) \
+        if engine == "transformers" or args.reference else float("nan")
     inputs = [e.input for e in get_task(TaskConfig(task=args.task)).load("test")[: args.items]]
     limits = {"max_input_tokens": meta["max_input_tokens"], "form": meta.get("prompt_form", "prefix")}
 
@@ -81,8 +92,38 @@ def main() -> None:
         print(f"{row[0]:>34} {row[1]:>5} {row[2]:>9.1f} {row[3]:>9.2f} {row[4]:>17.1f}")
     label_batched = rows[1][2]
     rationale_batched = rows[3][2]
-    print(f"label_vs_rationale_cost={rationale_batched / label_batched:.2f} "
-          f"label_inputs_per_s_batched={rows[1][3]:.2f}")
+    print(f"cpu: {cpu_name()}; label_vs_rationale_cost={rationale_batched / label_batched:.2f}")
+    same = compare_with_reference(args, meta, model, tokenizer) if args.reference else None
+    print(f"engine={engine}{'-' + meta['engine']['quantization'] if engine != 'transformers' else ''} "
+          f"label_inputs_per_s_batched={rows[1][3]:.2f} label_inputs_per_s_batch1={rows[0][3]:.2f} "
+          f"same_answers={'n/a' if same is None else f'{same:.3f}'}")
+
+
+def compare_with_reference(args, meta: dict, model, tokenizer) -> float:
+    """Both students on the whole test set: share of the same answers, both accuracies, paired difference."""
+    import numpy as np
+
+    from dsbs.checkpoint import read_meta
+    from dsbs.inference import predict
+    from dsbs.models import load_student
+    from dsbs.stats import compare
+    from dsbs.tasks import TaskConfig, get_task
+
+    task = get_task(TaskConfig(task=args.task))
+    rows = task.load(task.test_split)
+    inputs = [e.input for e in rows]
+    ours = [p["label"] for p in predict(model, tokenizer, meta, inputs, batch_size=args.batch)]
+    ref_model, ref_tokenizer = load_student(args.reference, for_inference=True)
+    theirs = [p["label"] for p in predict(ref_model, ref_tokenizer, read_meta(args.reference), inputs,
+                                          batch_size=args.batch)]
+    same = sum(task.labels_match(a, b) for a, b in zip(ours, theirs, strict=True)) / len(rows)
+    correct = [np.array([task.labels_match(p, e.label) for p, e in zip(answers, rows, strict=True)], dtype=int)
+               for answers in (ours, theirs)]
+    d = compare(correct[0], correct[1])
+    print(f"whole test set (n={len(rows)}): accuracy {100 * correct[0].mean():.1f} here, "
+          f"{100 * correct[1].mean():.1f} with transformers; difference {d.diff:+.1f} [{d.low:+.1f}, {d.high:+.1f}]; "
+          f"same answers {same:.3f}")
+    return same
 
 
 if __name__ == "__main__":

@@ -160,6 +160,13 @@ def cmd_report(args) -> None:
     _print_json(result)
 
 
+def cmd_export(args) -> None:
+    from dsbs.engines import export
+
+    config = from_args(configs.ExportConfig, args)
+    _print_json(export(config.model, config.output, config.format, config.quantization))
+
+
 def cmd_push(args) -> None:
     from dsbs.hub import push
 
@@ -181,6 +188,7 @@ COMMANDS = {
     "serve": (cmd_serve, "HTTP service: POST /predict and OpenAI-compatible /v1/chat/completions",
               [configs.ServeConfig]),
     "predict": (cmd_predict, "label every line of a JSONL file", [configs.PredictConfig]),
+    "export": (cmd_export, "convert a student for an inference engine (CTranslate2)", [configs.ExportConfig]),
     "push": (cmd_push, "upload a teach output or a student, with its card, to the Hugging Face Hub",
              [configs.PushConfig]),
 }

@@ -20,6 +20,12 @@ def generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, max_inp
     bar = tqdm(total=len(texts), desc="generate", unit="input", disable=not progress, leave=False)
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
+        if hasattr(model, "greedy"):  # an inference engine (dsbs.engines)
+            ids = model.greedy([encoded[i][0] for i in rows], encoded[rows[0]][1], max_new_tokens)
+            for i, text in zip(rows, tokenizer.batch_decode(ids, skip_special_tokens=True), strict=True):
+                outputs[i] = text.strip()
+            bar.update(len(rows))
+            continue
         batch = tokenizer.pad({"input_ids": [encoded[i][0] for i in rows]}, return_tensors="pt").to(model.device)
         prefix = encoded[rows[0]][1]  # a seq2seq student's decoder starts with the task marker (suffix form)
         if prefix:

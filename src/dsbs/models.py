@@ -6,7 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from dsbs.errors import MissingDependency
+from dsbs.errors import MissingDependency, UserError
 
 DEFAULT_STUDENT = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -116,6 +116,13 @@ def load_student(name: str, for_inference: bool = False):
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    from dsbs.engines import CT2Student, engine_of
+
+    if engine_of(name):  # a student exported for an inference engine (dsbs export)
+        if not for_inference:
+            raise UserError(f"{name} was exported for {engine_of(name)}: it answers, it does not train")
+        student = CT2Student(name)
+        return student, student.tokenizer
     path = resolve_student(name)
     config = AutoConfig.from_pretrained(path)
     model_class = AutoModelForSeq2SeqLM if is_seq2seq(config) else AutoModelForCausalLM

@@ -31,10 +31,9 @@ def write_teach_dataset(output: Path, task, split: str, records: list[dict], sum
              "completion": r["completions"][r["chosen"]] if r["completions"] else None, "errors": r["errors"]}
             for r in records]
     path = output / "data" / f"{split}-00000-of-00001.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".tmp-{path.name}")
-    pq.write_table(pa.Table.from_pylist(rows), staging)
-    os.replace(staging, path)
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows), sink)
+    write_atomic(path, sink.getvalue().to_pybytes())
     write_atomic(output / "README.md", dataset_card(task, split, summary, spec, config))
     return path
 

@@ -359,7 +359,7 @@ def forward(run: Run, part: list[dict]) -> tuple[dict, int]:
         batch = collate_shared(part, pad, run.seq2seq, pack=run.config.pack)
         tokens = batch.pop("real_tokens", None)
         if tokens is None:  # seq2seq: the encoder's tokens and every decoder's
-            tokens = int(batch["attention_mask"].sum()) + sum(f["tasks"].get(t, 0) for f in part for t in f["tasks"])
+            tokens = int(batch["attention_mask"].sum()) + sum(n for f in part for n in f["tasks"].values())
         batch = to_device(batch, run.accelerator.device)
         return shared_loss_sums(run.model, batch, run.seq2seq, sharded=run.config.fsdp), tokens
     batch = to_device(collate(part, pad, run.seq2seq), run.accelerator.device)

@@ -3,11 +3,14 @@ vs the local teacher answering with few-shot chain-of-thought (SmolLM2 GGUF thro
 
     python benchmarks/inference_cost.py --model runs/.../model [--items 32] [--batch 32]
     python benchmarks/inference_cost.py --model runs/.../model-ct2 --reference runs/.../model   # an exported student
+    python benchmarks/inference_cost.py --model runs/.../model --precision bf16 --reference runs/.../model
 
 --model may be an exported student (`dsbs export`): its engine is read from the directory. With
 --reference (the transformers student it came from) both answer the whole test set: the share of
 the same answers (by the task's own comparison) and both accuracies with the paired interval of
-their difference. Needs DSBS_DATA_DIR; the teacher row needs llama-cpp-python. The last line is
+their difference (the reference answers in fp32). The "first token only" rows time the prompt's
+prefill and one decoding step: the rest of label-only is decoding. Needs DSBS_DATA_DIR; the
+teacher row needs llama-cpp-python. The last line is
 machine-readable: engine=... label_inputs_per_s_batched=... label_inputs_per_s_batch1=... same_answers=...
 """
 
@@ -31,6 +34,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--teacher-items", type=int, default=8)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="a transformers student's weights")
     args = parser.parse_args()
 
     from dsbs.batching import RATIONALE_TASK
@@ -45,14 +50,17 @@ def main() -> None:
     from dsbs.hardware import cpu_name
 
     engine = engine_of(args.model) or "transformers"
-    model, tokenizer = load_student(args.model, for_inference=True)
+    model, tokenizer = load_student(args.model, for_inference=True, precision=args.precision)
     n_params = sum(p.numel() for p in load_student(args.reference or args.model)[0].parameters()) \
         if engine == "transformers" or args.reference else float("nan")
     inputs = [e.input for e in get_task(TaskConfig(task=args.task)).load("test")[: args.items]]
     limits = {"max_input_tokens": meta["max_input_tokens"], "form": meta.get("prompt_form", "prefix")}
 
-    def label_only(batch: int):
-        return generate(model, tokenizer, inputs, max_new_tokens=meta["label_max_tokens"], batch_size=batch, **limits)
+    def label_only(batch: int, max_new_tokens: int = meta["label_max_tokens"]):
+        return generate(model, tokenizer, inputs, max_new_tokens=max_new_tokens, batch_size=batch, **limits)
+
+    def first_token(batch: int):
+        return label_only(batch, max_new_tokens=1)
 
     def rationale_first(batch: int):
         rationales = generate(model, tokenizer, inputs, task=RATIONALE_TASK, max_new_tokens=meta["max_target_tokens"],
@@ -61,10 +69,12 @@ def main() -> None:
 
     label_only(args.batch)  # warm-up
     rows = []
-    for name, fn in (("student label-only", label_only), ("student rationale-first", rationale_first)):
+    settings = (("student label-only", label_only), ("student rationale-first", rationale_first),
+                ("label-only, first token only", first_token))
+    for name, fn in settings:
         for batch in (1, args.batch):
             out, seconds = timed(fn, batch)
-            texts = out if name.endswith("only") else out[0] + out[1]
+            texts = out[0] + out[1] if name.endswith("first") else out
             tokens = sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
             rows.append((name, batch, 1000 * seconds / len(inputs), len(inputs) / seconds, tokens / len(inputs)))
 
@@ -92,9 +102,12 @@ def main() -> None:
         print(f"{row[0]:>34} {row[1]:>5} {row[2]:>9.1f} {row[3]:>9.2f} {row[4]:>17.1f}")
     label_batched = rows[1][2]
     rationale_batched = rows[3][2]
-    print(f"cpu: {cpu_name()}; label_vs_rationale_cost={rationale_batched / label_batched:.2f}")
+    print(f"cpu: {cpu_name()}; label_vs_rationale_cost={rationale_batched / label_batched:.2f}; prefill share of "
+          f"label-only: {rows[5][2] / label_batched:.0%} at batch {args.batch}, "
+          f"{rows[4][2] / rows[0][2]:.0%} at batch 1")
     same = compare_with_reference(args, meta, model, tokenizer) if args.reference else None
-    print(f"engine={engine}{'-' + meta['engine']['quantization'] if engine != 'transformers' else ''} "
+    kind = meta["engine"]["quantization"] if engine != "transformers" else args.precision
+    print(f"engine={engine}-{kind} "
           f"label_inputs_per_s_batched={rows[1][3]:.2f} label_inputs_per_s_batch1={rows[0][3]:.2f} "
           f"same_answers={'n/a' if same is None else f'{same:.3f}'}")
 

@@ -75,6 +75,24 @@ def trained_student(tiny_causal, tmp_path_factory) -> str:
     return str(output / "model")
 
 
+def well_trained(student: str, out) -> str:
+    """A tiny student trained long enough that its greedy choices are not near-ties of random logits."""
+    from dsbs.configs import TrainConfig
+    from dsbs.tasks import TaskConfig
+    from dsbs.train import train
+
+    train(TaskConfig(task="demo"), TrainConfig(student=student, output=str(out), max_steps=60, batch_size=8, lr=5e-3,
+                                               eval_limit=4, precision="fp32", max_input_tokens=64,
+                                               max_target_tokens=32, keep_checkpoints=False))
+    return str(out / "model")
+
+
+@pytest.fixture(scope="session")
+def well_trained_students(tiny_causal, tiny_seq2seq, tmp_path_factory) -> dict:
+    return {"causal": well_trained(tiny_causal, tmp_path_factory.mktemp("causal")),
+            "seq2seq": well_trained(tiny_seq2seq, tmp_path_factory.mktemp("t5"))}
+
+
 @pytest.fixture(params=["causal", "seq2seq"])
 def tiny_student(request, tiny_causal, tiny_seq2seq) -> str:
     return tiny_causal if request.param == "causal" else tiny_seq2seq

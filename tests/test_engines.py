@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dsbs.tasks import TaskConfig, demo
+from dsbs.tasks import demo
 from tests.conftest import run_dsbs
 
 pytest.importorskip("ctranslate2")
@@ -20,28 +20,11 @@ def answers(model_dir: str, inputs: list[str], with_rationale: bool) -> list[dic
     return predict(model, tokenizer, read_meta(model_dir), inputs, with_rationale=with_rationale, batch_size=4)
 
 
-def well_trained(student: str, out) -> str:
-    """A tiny student trained long enough that its greedy choices are not near-ties of random logits."""
-    from dsbs.configs import TrainConfig
-    from dsbs.train import train
-
-    train(TaskConfig(task="demo"), TrainConfig(student=student, output=str(out), max_steps=60, batch_size=8, lr=5e-3,
-                                               eval_limit=4, precision="fp32", max_input_tokens=64,
-                                               max_target_tokens=32, keep_checkpoints=False))
-    return str(out / "model")
-
-
-@pytest.fixture(scope="module")
-def students(tiny_causal, tiny_seq2seq, tmp_path_factory) -> dict:
-    return {"causal": well_trained(tiny_causal, tmp_path_factory.mktemp("causal")),
-            "seq2seq": well_trained(tiny_seq2seq, tmp_path_factory.mktemp("t5"))}
-
-
 @pytest.mark.parametrize("family", ["causal", "seq2seq"])
-def test_a_float32_export_gives_the_same_greedy_answers(family, students, tmp_path):
+def test_a_float32_export_gives_the_same_greedy_answers(family, well_trained_students, tmp_path):
     from dsbs.engines import engine_of, export
 
-    student = students[family]
+    student = well_trained_students[family]
     export(student, str(tmp_path / "ct2"), quantization="float32")
     assert engine_of(tmp_path / "ct2") == "ctranslate2" and engine_of(student) is None
     inputs = [e.input for e in demo.load("test")[:12]]
@@ -67,3 +50,5 @@ def test_an_int8_export_is_served_by_evaluate_and_predict(trained_student, tmp_p
     assert json.loads((tmp_path / "o.jsonl").read_text())["line"] == 1
     refused = run_dsbs("train", "--task", "demo", "--student", exported, "--output", str(tmp_path / "r"), check=False)
     assert refused.returncode == 2 and "it answers, it does not train" in refused.stderr
+    bf16 = run_dsbs("evaluate", "--model", exported, "--task", "demo", "--precision", "bf16", check=False)
+    assert bf16.returncode == 2 and "computes in the type it was exported in" in bf16.stderr

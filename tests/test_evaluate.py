@@ -90,3 +90,16 @@ def test_a_student_without_a_prompt_form_is_prompted_in_the_prefix_form(trained_
     inference.predict(model, tokenizer, read_meta(old), ["2 boxes of 3?"])
     inference.predict(model, tokenizer, read_meta(trained_student), ["2 boxes of 3?"])
     assert forms == ["prefix", "suffix"]
+
+
+def test_bf16_inference_loads_bf16_weights_and_says_so(trained):
+    import torch
+
+    from dsbs.models import load_student
+
+    model, _ = load_student(trained, for_inference=True, precision="bf16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    ok = run_cli("evaluate", "--model", trained, "--task", "demo", "--limit", "4", "--precision", "bf16")
+    assert ok.returncode == 0, ok.stderr
+    metrics = json.loads(ok.stdout)
+    assert metrics["precision"] == "bf16" and metrics["n"] == 4

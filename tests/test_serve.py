@@ -218,3 +218,20 @@ def test_a_client_trickling_its_headers_is_cut_off(guarded):
         time.sleep(0.3)
         open_sockets = [s for s in open_sockets if not closed_by_server(s)]
     assert not open_sockets, "header_timeout is 1 s: every trickling connection must be closed"
+
+
+def test_a_service_with_choices_answers_from_each_inputs_options(trained_student, tmp_path):
+    import shutil
+
+    from dsbs.tasks import cqa
+
+    student = tmp_path / "cqa-student"  # the tiny student, as if trained on CQA: its label set is a row's options
+    shutil.copytree(trained_student, student)
+    meta = json.loads((student / "dsbs.json").read_text())
+    (student / "dsbs.json").write_text(json.dumps({**meta, "task": "cqa"}))
+    options = ["fridge", "shelf", "bag", "car", "oven"]
+    with running(ServeConfig(model=str(student), choices=True)) as url:
+        status, body = post(url + "/predict", {"inputs": [cqa.format_input("Where is milk kept?", options)]})
+        assert status == 200 and body["predictions"][0]["label"] in options
+        status, body = post(url + "/predict", {"inputs": ["Where is milk kept?"]})
+        assert status == 422 and "inputs[0]: no answer choices" in body["detail"]

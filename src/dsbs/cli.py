@@ -100,7 +100,8 @@ def cmd_evaluate(args) -> None:
 
     config = from_args(configs.EvaluateConfig, args)
     metrics = evaluate(config.model, from_args(TaskConfig, args), split=config.split, limit=config.limit,
-                       batch_size=config.batch_size, output=config.output, with_rationale=config.with_rationale)
+                       batch_size=config.batch_size, output=config.output, with_rationale=config.with_rationale,
+                       precision=config.precision, choices=config.choices)
     for long in ("task_config", "correct_vector", "teacher_correct_vector"):  # in metrics.json
         metrics.pop(long)
     _print_json(metrics)
@@ -111,7 +112,8 @@ def cmd_predict(args) -> None:
 
     c = from_args(configs.PredictConfig, args)
     _print_json(predict_file(c.model, c.input, c.output, input_field=c.input_field, batch_size=c.batch_size,
-                             with_rationale=c.with_rationale, skip_bad_lines=c.skip_bad_lines, resume=c.resume))
+                             with_rationale=c.with_rationale, skip_bad_lines=c.skip_bad_lines, resume=c.resume,
+                             precision=c.precision, choices=c.choices))
 
 
 def cmd_serve(args) -> None:

@@ -186,6 +186,16 @@ class InspectConfig:
     json: bool = option(False, "print one JSON object")
 
 
+INFERENCE_PRECISION_HELP = (
+    "weights while answering: bf16 is 2.2x faster on a CPU with AMX and halves the memory, but the SVAMP student "
+    "gave another answer on 3% of its test set (accuracy equal within the interval), so fp32 is the default")
+
+
+CHOICES_HELP = (
+    "choose each label from the task's label set (e-SNLI/ANLI's three, a CQA input's own five options) in one "
+    "forward pass instead of generating it: always a valid label, and cheaper")
+
+
 @dataclass
 class EvaluateConfig:
     """Accuracy of a trained student on a split."""
@@ -196,6 +206,8 @@ class EvaluateConfig:
     batch_size: int = option(16, "inputs per generation batch")
     output: str | None = option(None, "write predictions.jsonl and metrics.json here")
     with_rationale: bool = option(False, "also generate rationales, for inspection")
+    choices: bool = option(False, CHOICES_HELP)
+    precision: Literal["fp32", "bf16"] = option("fp32", INFERENCE_PRECISION_HELP)
 
 
 @dataclass
@@ -210,6 +222,8 @@ class PredictConfig:
     with_rationale: bool = option(False, "also generate the rationale")
     skip_bad_lines: bool = option(False, "report and skip malformed lines instead of stopping")
     resume: bool = option(False, "keep the predictions already in --output and answer only the rest")
+    choices: bool = option(False, CHOICES_HELP)
+    precision: Literal["fp32", "bf16"] = option("fp32", INFERENCE_PRECISION_HELP)
 
 
 @dataclass
@@ -234,6 +248,8 @@ class ServeConfig:
     limit_concurrency: int = option(256, "connections and requests handled at once (503 past it)")
     keep_alive_timeout: float = option(5.0, "seconds an idle keep-alive connection stays open")
     batch_wait_ms: float = option(5.0, "how long the batcher waits for more requests to join a batch")
+    choices: bool = option(False, CHOICES_HELP)
+    precision: Literal["fp32", "bf16"] = option("fp32", INFERENCE_PRECISION_HELP)
 
 
 @dataclass

@@ -30,20 +30,22 @@ def log_to_tracker(model_dir: Path, meta: dict, metrics: dict) -> None:
 
 
 def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, limit: int | None = None,
-             batch_size: int = 16, output: str | None = None, with_rationale: bool = False) -> dict:
+             batch_size: int = 16, output: str | None = None, with_rationale: bool = False,
+             precision: str = "fp32", choices: bool = False) -> dict:
     """Accuracy of the student in ``model_dir``; writes predictions.jsonl and metrics.json to ``output``."""
     from dsbs.checkpoint import read_meta
-    from dsbs.inference import predict
+    from dsbs.inference import label_choices, predict
     from dsbs.models import load_student
 
     meta = read_meta(model_dir)
     task = get_task(task_config)
     split = split or task.test_split
     rows = task.load(split)[:limit] if limit else task.load(split)
-    model, tokenizer = load_student(model_dir, for_inference=True)
+    model, tokenizer = load_student(model_dir, for_inference=True, precision=precision)
     started = time.perf_counter()
-    predictions = predict(model, tokenizer, meta, [e.input for e in rows], with_rationale=with_rationale,
-                          batch_size=batch_size, progress=True)
+    inputs = [e.input for e in rows]
+    predictions = predict(model, tokenizer, meta, inputs, with_rationale=with_rationale, batch_size=batch_size,
+                          progress=True, choices=label_choices(task, inputs) if choices else None)
     seconds = time.perf_counter() - started
     records, correct, failures = [], 0, 0
     for example, prediction in zip(rows, predictions, strict=True):
@@ -59,7 +61,8 @@ def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, 
     metrics = {"accuracy": correct / len(rows) if rows else 0.0, "n": len(rows), "correct": correct,
                "correct_vector": vector, "teacher_correct_vector": teacher_vector(task, rows),
                "parse_failures": failures, "task": task.name, "split": split, "model": str(model_dir),
-               "method": meta["method"], "seconds": round(seconds, 2), "task_config": asdict(task_config)}
+               "method": meta["method"], "precision": precision, "choices": choices, "seconds": round(seconds, 2),
+               "task_config": asdict(task_config)}
     log_to_tracker(Path(model_dir), meta, metrics)
     if output:
         out = Path(output)

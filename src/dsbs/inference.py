@@ -1,6 +1,7 @@
 """Batched greedy generation shared by validation, evaluation and prediction."""
 
-from dsbs.batching import LABEL_TASK, RATIONALE_TASK, PromptForm, encode_prompt, parse_single_task_output
+from dsbs.batching import LABEL_TASK, RATIONALE_TASK, PromptForm, encode_prompt, parse_single_task_output, target_ids
+from dsbs.errors import UserError
 from dsbs.methods import get_method
 from dsbs.models import is_seq2seq
 
@@ -45,17 +46,94 @@ def generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, max_inp
     return outputs
 
 
+def choose(model, tokenizer, texts: list[str], choices: list[tuple[str, ...]], *, max_input_tokens: int,
+           max_target_tokens: int, form: PromptForm = "prefix", batch_size: int = 16) -> list[str]:
+    """For each text, the one of its ``choices`` that greedy decoding restricted to them would write.
+
+    The first token decides among choices that begin differently, so one forward pass over each
+    prompt (batched) answers most inputs; an input whose best first token begins several choices
+    reads on, one token at a time, among those alone. Every choice ends in EOS, so a choice that
+    begins another is told apart from it.
+    """
+    seq2seq = is_seq2seq(model.config)
+    encoded = [encode_prompt(tokenizer, t, seq2seq, max_input_tokens, LABEL_TASK, form) for t in texts]
+    options = [{tuple(target_ids(tokenizer, c, seq2seq, max_target_tokens)): c for c in row} for row in choices]
+    order = sorted(range(len(texts)), key=lambda i: len(encoded[i][0]))
+    outputs: list[str] = [""] * len(texts)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        logits = next_token_logits(model, tokenizer, [encoded[i] for i in rows], [[] for _ in rows])
+        for row, i in enumerate(rows):
+            outputs[i] = options[i][read_choice(model, tokenizer, encoded[i], list(options[i]), logits[row])]
+    return outputs
+
+
+def read_choice(model, tokenizer, prompt: tuple[list[int], list[int]], sequences: list[tuple[int, ...]],
+                logits) -> tuple[int, ...]:
+    """The sequence greedy decoding picks among ``sequences``, given the logits of its first token."""
+    written: list[int] = []
+    while True:
+        step = len(written)
+        best = max({seq[step] for seq in sequences}, key=lambda token: float(logits[token]))
+        written.append(best)
+        sequences = [seq for seq in sequences if seq[step] == best]
+        if len(sequences) == 1:
+            return sequences[0]
+        logits = next_token_logits(model, tokenizer, [prompt], [written])[0]
+
+
+def next_token_logits(model, tokenizer, prompts: list[tuple[list[int], list[int]]], written: list[list[int]]):
+    """Logits of the token after each (prompt ids, decoder prefix ids) and the tokens already written."""
+    import torch
+
+    device = model.device
+    with torch.inference_mode():
+        if is_seq2seq(model.config):
+            batch = tokenizer.pad({"input_ids": [p for p, _ in prompts]}, return_tensors="pt").to(device)
+            start_id = model.generation_config.decoder_start_token_id
+            decoder = [[start_id] + prefix + w for (_, prefix), w in zip(prompts, written, strict=True)]
+            return model(**batch, decoder_input_ids=torch.tensor(decoder, device=device)).logits[:, -1].float()
+        batch = tokenizer.pad({"input_ids": [p + w for (p, _), w in zip(prompts, written, strict=True)]},
+                              return_tensors="pt").to(device)
+        positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding, as generate() counts
+        return model(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1].float()
+
+
+def label_choices(task, texts: list[str]) -> list[tuple[str, ...]]:
+    """Each text's allowed labels under ``task`` (its fixed label set, or a multiple-choice input's options)."""
+    if task.label_choices is None:
+        raise UserError(f"task {task.name} has open answers, no label set to choose from: leave out --choices")
+    return [task.label_choices(text) for text in texts]
+
+
+def choice_task(meta: dict):
+    """The built-in task whose label set a student chooses from (a user's own is known only to evaluate's --task)."""
+    from dsbs.tasks import BUILT_IN, built_in_task
+
+    if get_method(meta["method"]).answers_with_rationale:
+        raise UserError(f"a {meta['method']} student writes its rationale before its label: it has no label "
+                        "to choose on its own (leave out --choices)")
+    if meta["task"] not in BUILT_IN:
+        raise UserError(f"the student was trained on {meta['task']}, not a built-in task: its label set is unknown "
+                        "here (dsbs evaluate --task FILE --label-set ... --choices knows it)")
+    return built_in_task(meta["task"])
+
+
 def predict(model, tokenizer, meta: dict, inputs: list[str], *, with_rationale: bool = False,
-            batch_size: int = 16, progress: bool = False) -> list[dict]:
+            batch_size: int = 16, progress: bool = False, choices: list[tuple[str, ...]] | None = None) -> list[dict]:
     """{"label": ...} per input (and "rationale" when asked), the way the student was trained.
 
     A single_task student writes its rationale before its label, so it always generates both;
-    every other student answers the label task alone unless a rationale is asked for. A student
-    whose dsbs.json names no prompt form was trained in the prefix form.
+    every other student answers the label task alone unless a rationale is asked for, generating
+    its label or, given ``choices``, choosing it (``choose``). A student whose dsbs.json names no
+    prompt form was trained in the prefix form.
     """
     limits = {"max_input_tokens": meta["max_input_tokens"], "batch_size": batch_size, "progress": progress,
               "form": meta.get("prompt_form", "prefix")}
     if get_method(meta["method"]).answers_with_rationale:
+        if choices is not None:
+            raise UserError(f"a {meta['method']} student writes its rationale before its label: it has no label "
+                            "to choose on its own (leave out --choices)")
         texts = generate(model, tokenizer, inputs, max_new_tokens=meta["max_target_tokens"] + meta["label_max_tokens"],
                          **limits)
         results = []
@@ -63,7 +141,13 @@ def predict(model, tokenizer, meta: dict, inputs: list[str], *, with_rationale: 
             rationale, label = parse_single_task_output(text)
             results.append({"label": label, "rationale": rationale} if with_rationale else {"label": label})
         return results
-    labels = generate(model, tokenizer, inputs, max_new_tokens=meta["label_max_tokens"], **limits)
+    if choices is None:
+        labels = generate(model, tokenizer, inputs, max_new_tokens=meta["label_max_tokens"], **limits)
+    elif hasattr(model, "greedy"):
+        raise UserError("--choices reads the student's logits: it needs a transformers student, not an export")
+    else:
+        labels = choose(model, tokenizer, inputs, choices, max_input_tokens=meta["max_input_tokens"],
+                        max_target_tokens=meta["max_target_tokens"], form=limits["form"], batch_size=batch_size)
     results = [{"label": label} for label in labels]
     if with_rationale:
         rationales = generate(model, tokenizer, inputs, task=RATIONALE_TASK, max_new_tokens=meta["max_target_tokens"],

@@ -109,10 +109,11 @@ def is_seq2seq(config) -> bool:
     return bool(getattr(config, "is_encoder_decoder", False))
 
 
-def load_student(name: str, for_inference: bool = False):
+def load_student(name: str, for_inference: bool = False, precision: str = "fp32"):
     """(model, tokenizer) for a local directory, a hub name or the built-in default.
 
-    ``for_inference`` puts the model in eval mode on the GPU when there is one.
+    ``for_inference`` puts the model in eval mode on the GPU when there is one, its weights in
+    ``precision`` (an exported student computes in the type it was exported in).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -121,6 +122,9 @@ def load_student(name: str, for_inference: bool = False):
     if engine_of(name):  # a student exported for an inference engine (dsbs export)
         if not for_inference:
             raise UserError(f"{name} was exported for {engine_of(name)}: it answers, it does not train")
+        if precision != "fp32":
+            raise UserError(f"{name} was exported for {engine_of(name)} and computes in the type it was exported in: "
+                            "--precision applies to a transformers student")
         student = CT2Student(name)
         return student, student.tokenizer
     path = resolve_student(name)
@@ -132,7 +136,8 @@ def load_student(name: str, for_inference: bool = False):
     if for_inference:
         import torch
 
-        model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        model.to("cuda" if torch.cuda.is_available() else "cpu", dtype=dtype).eval()
     return model, tokenizer
 
 

@@ -41,7 +41,8 @@ def finished_lines(output: Path) -> set[int]:
 
 
 def predict_file(model_dir: str, input: str, output: str, input_field: str = "input", batch_size: int = 16,
-                 with_rationale: bool = False, skip_bad_lines: bool = False, resume: bool = False) -> dict:
+                 with_rationale: bool = False, skip_bad_lines: bool = False, resume: bool = False,
+                 precision: str = "fp32", choices: bool = False) -> dict:
     """Predict a label for every line of ``input``; memory stays constant however long the file.
 
     Predictions are appended batch by batch, so after a kill ``resume`` answers only the lines
@@ -55,27 +56,29 @@ def predict_file(model_dir: str, input: str, output: str, input_field: str = "in
                         "choose another output")
     with exclusive(output, "predict"):
         return _predict_file(model_dir, path, Path(output), input_field, batch_size, with_rationale, skip_bad_lines,
-                             resume)
+                             resume, precision, choices)
 
 
 def _predict_file(model_dir, path: Path, output: Path, input_field, batch_size, with_rationale, skip_bad_lines,
-                  resume) -> dict:
+                  resume, precision, choices) -> dict:
     from tqdm.auto import tqdm
 
     from dsbs.checkpoint import read_meta
-    from dsbs.inference import predict
+    from dsbs.inference import choice_task, label_choices, predict
     from dsbs.models import load_student
 
     meta = read_meta(model_dir)
-    model, tokenizer = load_student(model_dir, for_inference=True)
+    task = choice_task(meta) if choices else None
+    model, tokenizer = load_student(model_dir, for_inference=True, precision=precision)
     done = finished_lines(Path(output)) if resume else set()
     bad: list[str] = []
     lines = (line for line in _inputs(path, input_field, skip_bad_lines, bad) if line[0] not in done)
     written = 0
     with open(output, "a" if resume else "w", encoding="utf-8") as out, tqdm(desc="predict", unit="input") as bar:
         while chunk := list(islice(lines, batch_size * 8)):
-            results = predict(model, tokenizer, meta, [text for _, text in chunk],
-                              with_rationale=with_rationale, batch_size=batch_size)
+            texts = [text for _, text in chunk]
+            results = predict(model, tokenizer, meta, texts, with_rationale=with_rationale, batch_size=batch_size,
+                              choices=label_choices(task, texts) if task else None)
             for (number, text), result in zip(chunk, results, strict=True):
                 out.write(json.dumps({"line": number, "input": text, **result}) + "\n")
             out.flush()

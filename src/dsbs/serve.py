@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from dsbs.configs import ServeConfig
-from dsbs.errors import MissingDependency
+from dsbs.errors import DataError, MissingDependency
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
@@ -230,18 +230,20 @@ def create_app(config: ServeConfig):
     from contextlib import asynccontextmanager
 
     from dsbs.checkpoint import read_meta
-    from dsbs.inference import predict
+    from dsbs.inference import choice_task, label_choices, predict
     from dsbs.models import load_student
 
     meta = read_meta(config.model)
-    model, tokenizer = load_student(config.model, for_inference=True)
+    task = choice_task(meta) if config.choices else None
+    model, tokenizer = load_student(config.model, for_inference=True, precision=config.precision)
     path = Path(config.model)
     name = path.resolve().parent.name if path.name == "model" else path.name
     lock = threading.Lock()
 
     def predict_fn(texts: list[str], rationale: bool) -> list[dict]:
         with lock:
-            return predict(model, tokenizer, meta, texts, with_rationale=rationale, batch_size=config.max_batch)
+            return predict(model, tokenizer, meta, texts, with_rationale=rationale, batch_size=config.max_batch,
+                           choices=label_choices(task, texts) if task else None)
 
     batcher = Batcher(predict_fn, config.max_batch, config.batch_wait_ms / 1000, config.max_queue)
 
@@ -258,6 +260,11 @@ def create_app(config: ServeConfig):
         for i, item in enumerate(inputs):
             if not item.strip() or len(item) > config.max_input_chars:
                 raise HTTPException(422, f"inputs[{i}] must be 1 to {config.max_input_chars} characters")
+            try:
+                if task:
+                    task.label_choices(item)
+            except DataError as err:
+                raise HTTPException(422, f"inputs[{i}]: {err}") from None
         try:
             future = batcher.submit(inputs, rationale)
         except QueueFull as err:

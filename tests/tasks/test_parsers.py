@@ -2,6 +2,7 @@
 
 import pytest
 
+from dsbs.errors import DataError
 from dsbs.tasks import anli1, cqa, esnli, svamp
 from dsbs.tasks.common import Example, read_teacher_answer
 
@@ -62,3 +63,12 @@ def test_student_inputs_follow_the_paper():
     assert cqa.format_input("Where?", ["a1", "b1", "c1", "d1", "e1"]) == (
         "Where?\nAnswer Choices:\n(a) a1\n(b) b1\n(c) c1\n(d) d1\n(e) e1")
     assert esnli.format_input("P.", "H.") == "Premise: P.\nHypothesis: H."
+
+
+def test_a_cqa_input_lists_its_own_choices_and_nli_has_three():
+    text = cqa.format_input("Where do you keep milk? (cold)", ["fridge", "new york (city)", "a b", "shelf", "bag"])
+    assert cqa.choices_in_input(text) == ("fridge", "new york (city)", "a b", "shelf", "bag")
+    with pytest.raises(DataError, match="no answer choices"):
+        cqa.choices_in_input("Where do you keep milk?")
+    assert esnli.task().label_choices("Premise: a\nHypothesis: b") == ("entailment", "neutral", "contradiction")
+    assert anli1.task().label_choices("x") == esnli.NLI_LABELS and svamp.task().label_choices is None

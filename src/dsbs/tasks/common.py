@@ -52,6 +52,9 @@ class Task:
     # The teacher's label in the task's label space given its row (a CQA answer matched to one of
     # the row's choices), or None when it names none: such an answer is a parse failure.
     canonical_label: Callable[[str, Example], str | None] = keep_label
+    # the labels an input allows (a fixed set, or a multiple-choice input's own options), or None
+    # where answers are open: students then choose instead of generating (`--choices`)
+    label_choices: Callable[[str], tuple[str, ...]] | None = None
     paper_layout: bool = False  # read from (and `dsbs teach` writes) the paper's released data layout
     # reference points for reports, in percent: PaLM 540B few-shot CoT on the full test set (scored
     # from the released completions) and the paper's T5-Base students on full data (Table 1)

@@ -19,6 +19,7 @@ SOURCES = ("the paper's release (google-research/distilling-step-by-step, Apache
            "CommonsenseQA (MIT licence) with CoS-E (BSD-3-Clause)")
 CHOICE_LETTERS = "abcde"
 _CHOICE = re.compile(r"\(([a-e])\)\s*(.*)", re.DOTALL)
+_CHOICE_LINE = re.compile(r"^\([a-e]\) (.*)$", re.MULTILINE)
 
 
 def format_input(question: str, choices: list[str]) -> str:
@@ -26,6 +27,15 @@ def format_input(question: str, choices: list[str]) -> str:
     lines = [question, "Answer Choices:"]
     lines += [f"({letter}) {choice}" for letter, choice in zip(CHOICE_LETTERS, choices, strict=True)]
     return "\n".join(lines)
+
+
+def choices_in_input(text: str) -> tuple[str, ...]:
+    """The options a student input lists after "Answer Choices:" (format_input's lines)."""
+    options = _CHOICE_LINE.findall(text.rpartition("Answer Choices:")[2])
+    if not options:
+        raise DataError(f"no answer choices in the input {text[:80]!r}: expected lines '(a) ...' after "
+                        "'Answer Choices:'")
+    return tuple(options)
 
 
 def parse_row(row: dict, where: str) -> dict:
@@ -61,6 +71,6 @@ def parse_completion(completion: str) -> tuple[str | None, str | None]:
 
 def task(data_dir=None) -> Task:
     return paper_task(NAME, data_dir, parse_row, parse_completion, text_labels_match, label_max_tokens=16,
-                      canonical_label=choice_label,
+                      canonical_label=choice_label, label_choices=choices_in_input,
                       sources=SOURCES, teacher_few_shot_accuracy=77.23,
                       paper_t5_base={"standard": 62.19, "dsbs": 63.29})

@@ -148,4 +148,10 @@ def task(config) -> Task:
         labels_match=equations_equal if config.metric == "equation" else text_labels_match,
         label_max_tokens=32,
         label_is_valid=is_equation if config.metric == "equation" else bool,
+        label_choices=partial(fixed_labels, tuple(label.strip() for label in config.label_set.split(",")))
+        if config.label_set else None,
     )
+
+
+def fixed_labels(labels: tuple[str, ...], text: str) -> tuple[str, ...]:
+    return labels

@@ -35,6 +35,10 @@ def nli_label(answer: str | None) -> str | None:
     return word if word in NLI_LABELS else None
 
 
+def nli_labels(text: str) -> tuple[str, ...]:
+    return NLI_LABELS
+
+
 def is_nli_label(answer: str) -> bool:
     return answer.strip() in NLI_LABELS
 
@@ -53,6 +57,7 @@ def parse_completion(completion: str) -> tuple[str | None, str | None]:
 
 def task(data_dir=None) -> Task:
     return paper_task(NAME, data_dir, parse_nli_row, parse_completion, text_labels_match, label_max_tokens=8,
-                      label_is_valid=is_nli_label, train_split="valid",  # the released data has no train split
+                      label_is_valid=is_nli_label, label_choices=nli_labels,
+                      train_split="valid",  # the released data has no train split
                       sources=SOURCES, teacher_few_shot_accuracy=72.99,
                       paper_t5_base={"standard": 88.38, "dsbs": 89.51})

@@ -1,0 +1,68 @@
+"""Answering: choosing a label from a label set agrees with greedy generation, in one pass where it can."""
+
+import json
+
+import pytest
+
+from dsbs.checkpoint import read_meta
+from dsbs.errors import UserError
+from dsbs.inference import choose, generate, predict
+from dsbs.models import load_student
+from dsbs.tasks import demo
+from tests.conftest import DATA_DIR, needs_data, run_dsbs
+
+
+def greedy_and_chosen(model_dir: str, choices_of) -> tuple[list[str], list[str]]:
+    model, tokenizer = load_student(model_dir, for_inference=True)
+    meta = read_meta(model_dir)
+    inputs = [e.input for e in demo.load("test")[:8]]
+    limits = {"max_input_tokens": meta["max_input_tokens"], "form": meta["prompt_form"], "batch_size": 4}
+    greedy = generate(model, tokenizer, inputs, max_new_tokens=meta["label_max_tokens"], **limits)
+    choices = [choices_of(answer) for answer in greedy]
+    return greedy, choose(model, tokenizer, inputs, choices, max_target_tokens=meta["max_target_tokens"], **limits)
+
+
+@pytest.mark.parametrize("family", ["causal", "seq2seq"])
+def test_choosing_gives_the_greedy_answer_when_it_is_a_choice(family, well_trained_students):
+    # the greedy answer shares its first tokens with a longer choice, so the choice is read on to its EOS
+    greedy, chosen = greedy_and_chosen(well_trained_students[family], lambda g: ("zebra", f"{g} and 7", g))
+    assert any(greedy) and chosen == greedy
+
+
+@pytest.mark.parametrize("family", ["causal", "seq2seq"])
+def test_choosing_among_answers_it_would_not_write_returns_one_of_them(family, well_trained_students):
+    greedy, chosen = greedy_and_chosen(well_trained_students[family], lambda g: (f"{g}0", f"{g} apples", "zebra"))
+    assert all(c in (f"{g}0", f"{g} apples", "zebra") for g, c in zip(greedy, chosen, strict=True))
+    assert chosen != greedy
+
+
+def test_choices_need_a_task_with_a_label_set(trained_student, tmp_path):
+    refused = run_dsbs("evaluate", "--model", trained_student, "--task", "demo", "--choices", check=False)
+    assert refused.returncode == 2 and "task demo has open answers" in refused.stderr
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"input": "2 boxes of 5?"}\n')
+    refused = run_dsbs("predict", "--model", trained_student, "--input", str(source), "--output",
+                       str(tmp_path / "out.jsonl"), "--choices", check=False)
+    assert refused.returncode == 2 and "task demo has open answers" in refused.stderr
+
+
+def test_a_single_task_student_cannot_choose(trained_student):
+    model, tokenizer = load_student(trained_student, for_inference=True)
+    meta = {**read_meta(trained_student), "method": "single_task"}
+    with pytest.raises(UserError, match="writes its rationale before its label"):
+        predict(model, tokenizer, meta, ["2 boxes of 5?"], choices=[("10", "7")])
+
+
+@needs_data
+@pytest.mark.parametrize("task", ["cqa", "esnli"])
+def test_evaluate_with_choices_answers_every_row_with_one_of_its_choices(task, trained_student, tmp_path):
+    from dsbs.tasks import TaskConfig, get_task
+
+    ok = run_dsbs("evaluate", "--model", trained_student, "--task", task, "--data-dir", DATA_DIR, "--limit", "6",
+                  "--choices", "--output", str(tmp_path))
+    assert ok.returncode == 0, ok.stderr
+    records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    rows = get_task(TaskConfig(task=task, data_dir=DATA_DIR)).load("test")[:6]
+    allowed = [e.choices if task == "cqa" else ("entailment", "neutral", "contradiction") for e in rows]
+    assert len(records) == 6 and all(r["label"] in a for r, a in zip(records, allowed, strict=True))
+    assert json.loads(ok.stdout)["choices"] is True

@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokeni
 from dsbs.batching import LABEL_TASK, RATIONALE_TASK, collate, collate_shared, encode_item, encode_shared, items_for
 from dsbs.models import is_seq2seq, prepare_tokenizer
 from dsbs.tasks import demo
-from dsbs.train import shared_loss_sums, target_loss_sum
+from dsbs.train import seq2seq_loss_sum, shared_loss_sums
 
 
 def load(path: str):
@@ -26,12 +26,20 @@ def test_target_loss_matches_the_reference_loss(tiny_student, task_id, form):
     start = model.config.decoder_start_token_id if seq2seq else None
     features = [encode_item(tokenizer, item, seq2seq, 64, 48, form=form, decoder_start=start)
                 for e in demo.load("train")[:6] for item in items_for(e, "dsbs") if item.task == task_id]
-    batch = collate(features, tokenizer.pad_token_id, seq2seq)
     with torch.no_grad():
-        ours = target_loss_sum(model, batch, seq2seq) / sum(f["tasks"][task_id] for f in features)
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        reference = model(**inputs, labels=batch["labels"]).loss
+        if seq2seq:
+            ours = seq2seq_loss_sum(model, collate(features, tokenizer.pad_token_id, True))
+        else:
+            ours = shared_loss_sums(model, collate_shared(features, tokenizer.pad_token_id, False), False)[task_id]
+        reference = reference_loss_sum(model, features, tokenizer.pad_token_id, seq2seq)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def reference_loss_sum(model, features: list[dict], pad: int, seq2seq: bool):
+    """transformers' own loss of one task's items, padded as separate items, times their target tokens."""
+    batch = collate(features, pad, seq2seq)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return model(**inputs, labels=batch["labels"]).loss * sum(n for f in features for n in f["tasks"].values())
 
 
 def gradients(model) -> dict:
@@ -50,7 +58,7 @@ def test_shared_pass_equals_separate_passes(tiny_student):
     for task in weights:
         part = [encode_item(tokenizer, item, seq2seq, 64, 48, form="suffix", decoder_start=start)
                 for g in groups for item in g if item.task == task]
-        separate[task] = target_loss_sum(model, collate(part, tokenizer.pad_token_id, seq2seq), seq2seq)
+        separate[task] = reference_loss_sum(model, part, tokenizer.pad_token_id, seq2seq)
     sum(weights[t] * loss for t, loss in separate.items()).backward()
     expected = gradients(model)
 
@@ -88,3 +96,20 @@ def test_packing_rows_changes_no_loss_and_no_gradient(tiny_causal):
         torch.testing.assert_close(packed_grads[name], unpacked_grads[name], rtol=1e-5, atol=1e-6, msg=name)
     assert sorted(i for row in pack_rows([5, 9, 3, 9, 1], 2.0) for i in row) == [0, 1, 2, 3, 4]
     assert all(sum([5, 9, 3, 9, 1][i] for i in row) <= 18 for row in pack_rows([5, 9, 3, 9, 1], 2.0))
+
+
+def test_a_soft_capped_head_gets_the_models_own_loss(tiny_causal):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    _, tokenizer, _ = load(tiny_causal)
+    torch.manual_seed(0)
+    model = Gemma2ForCausalLM(Gemma2Config(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, final_logit_softcapping=0.5, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)).eval()
+    features = [encode_item(tokenizer, items_for(e, "standard")[0], False, 64, 48, form="suffix")
+                for e in demo.load("train")[:4]]
+    with torch.no_grad():
+        ours = shared_loss_sums(model, collate_shared(features, tokenizer.pad_token_id, False), False)[LABEL_TASK]
+        reference = reference_loss_sum(model, features, tokenizer.pad_token_id, False)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-4)

@@ -68,35 +68,25 @@ def lr_factor(step: int, warmup_steps: int, max_steps: int) -> float:
     return max(0.0, (max_steps - step) / max(1, max_steps - warmup_steps))
 
 
-def target_loss_sum(model, batch: dict, seq2seq: bool, sharded: bool = False):
-    """Summed cross-entropy over the batch's target tokens (divide by their count for the mean
-    transformers' built-in loss gives).
-
-    A decoder-only student's prompt tokens carry no loss, so its output head (49k x 576 for
-    SmolLM2, a fifth of the compute) runs only on the target positions; except when ``sharded``:
-    FSDP gathers the embedding and head only inside the whole model's forward.
-    """
+def seq2seq_loss_sum(model, batch: dict):
+    """Summed cross-entropy over the target tokens of a seq2seq batch of one task (divide by their
+    count for the mean transformers' built-in loss gives)."""
     import torch.nn.functional as F
 
-    labels = batch["labels"]
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    if seq2seq:
-        inputs["decoder_input_ids"] = batch["decoder_input_ids"]
-        logits = model(**inputs).logits
-    else:
-        labels = labels[:, 1:]  # position t predicts token t + 1
-        if sharded or any(getattr(model.config, name, None) for name in ("final_logit_softcapping", "logit_scale")):
-            logits = model(**inputs).logits[:, :-1]  # the whole forward applies a scaled head, or FSDP gathers
-        else:
-            hidden = model.base_model(**inputs).last_hidden_state[:, :-1]
-            mask = labels != IGNORE_INDEX
-            return F.cross_entropy(model.get_output_embeddings()(hidden[mask]).float(), labels[mask], reduction="sum")
-    mask = labels != IGNORE_INDEX
-    return F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   decoder_input_ids=batch["decoder_input_ids"]).logits
+    mask = batch["labels"] != IGNORE_INDEX
+    return F.cross_entropy(logits[mask].float(), batch["labels"][mask], reduction="sum")
 
 
 def shared_loss_sums(model, batch: dict, seq2seq: bool, sharded: bool = False) -> dict:
-    """Summed cross-entropy per task of a shared-pass batch (collate_shared): each input read once."""
+    """Summed cross-entropy per task of a shared-pass batch (collate_shared): each input read once.
+
+    A decoder-only student's prompt tokens carry no loss, so its output head (49k x 576 for
+    SmolLM2, a fifth of the compute) runs only on the target positions; except when ``sharded``
+    (FSDP gathers the embedding and head only inside the whole model's forward) or where the model's
+    forward scales its logits (Gemma 2's soft-capping, Cohere's logit scale).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -118,7 +108,7 @@ def shared_loss_sums(model, batch: dict, seq2seq: bool, sharded: bool = False) -
     inputs = {"input_ids": batch["input_ids"], "attention_mask": mask, "position_ids": batch["position_ids"]}
     labels, tasks = batch["labels"][:, 1:], batch["label_tasks"][:, 1:]  # position t predicts token t + 1
     targets = labels != IGNORE_INDEX
-    if sharded:  # FSDP gathers the embedding and head only inside the whole model's forward
+    if sharded or any(getattr(model.config, name, None) for name in ("final_logit_softcapping", "logit_scale")):
         logits = model(**inputs).logits[:, :-1][targets]
     else:
         logits = model.get_output_embeddings()(model.base_model(**inputs).last_hidden_state[:, :-1][targets])
@@ -364,7 +354,7 @@ def forward(run: Run, part: list[dict]) -> tuple[dict, int]:
         return shared_loss_sums(run.model, batch, run.seq2seq, sharded=run.config.fsdp), tokens
     batch = to_device(collate(part, pad, run.seq2seq), run.accelerator.device)
     tokens = int(batch["attention_mask"].sum()) + (sum(f["tasks"][f["task"]] for f in part) if run.seq2seq else 0)
-    return {part[0]["task"]: target_loss_sum(run.model, batch, run.seq2seq, sharded=run.config.fsdp)}, tokens
+    return {part[0]["task"]: seq2seq_loss_sum(run.model, batch)}, tokens
 
 
 def to_device(batch, device):

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The CPU benchmark of record (BENCHMARKS.md): every recipe of it in order of importance, into
+# The CPU benchmark of record (BENCHMARKS.md): every recipe of it in order of importance (standard against
+# dsbs, then the prompt forms, then the rest), into
 # RUNS (default ../bench-runs, outside the work tree). Resumable: run it again and it continues.
 #   DSBS_DATA_DIR=../shared/datasets bash benchmarks/run_cpu_benchmark.sh [RUNS]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-../bench-runs}
 dsbs=${DSBS:-.venv/bin/dsbs}
-for recipe in cpu-esnli cpu-esnli-prefix cpu-svamp cpu-esnli-levers cpu-esnli-budget; do
+for recipe in cpu-esnli-core cpu-esnli-prefix cpu-esnli cpu-svamp cpu-esnli-levers cpu-esnli-budget; do
     case $recipe in cpu-svamp) out=$runs/cpu-svamp ;; *) out=$runs/cpu-esnli ;; esac
     "$dsbs" experiment "recipes/$recipe.yaml" --output "$out" || exit $?
 done

@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--requests", type=int, default=64, help="requests per level of concurrency")
     parser.add_argument("--max-seconds", type=float, default=90, help="stop a level after this long")
+    parser.add_argument("--serve-args", default="", help="more `dsbs serve` options, e.g. '--precision bf16'")
     args = parser.parse_args()
 
     from dsbs.checkpoint import read_meta
@@ -42,7 +43,8 @@ def main() -> None:
 
     texts = [e.input for e in get_task(TaskConfig(task=read_meta(args.model)["task"])).load("test")]
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "dsbs", "serve", "--model", args.model, "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "dsbs", "serve", "--model", args.model, "--port", str(port),
+                               *args.serve_args.split()],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:

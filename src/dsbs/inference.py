@@ -1,4 +1,5 @@
-"""Batched greedy generation shared by validation, evaluation and prediction."""
+"""Batched greedy generation shared by validation, evaluation and prediction, and choosing a label
+from a task's label set instead of generating it."""
 
 from dsbs.batching import LABEL_TASK, RATIONALE_TASK, PromptForm, encode_prompt, parse_single_task_output, target_ids
 from dsbs.errors import UserError
@@ -106,13 +107,17 @@ def label_choices(task, texts: list[str]) -> list[tuple[str, ...]]:
     return [task.label_choices(text) for text in texts]
 
 
+def refuse_single_task(meta: dict) -> None:
+    if get_method(meta["method"]).answers_with_rationale:
+        raise UserError(f"a {meta['method']} student writes its rationale before its label: it has no label "
+                        "to choose on its own (leave out --choices)")
+
+
 def choice_task(meta: dict):
     """The built-in task whose label set a student chooses from (a user's own is known only to evaluate's --task)."""
     from dsbs.tasks import BUILT_IN, built_in_task
 
-    if get_method(meta["method"]).answers_with_rationale:
-        raise UserError(f"a {meta['method']} student writes its rationale before its label: it has no label "
-                        "to choose on its own (leave out --choices)")
+    refuse_single_task(meta)
     if meta["task"] not in BUILT_IN:
         raise UserError(f"the student was trained on {meta['task']}, not a built-in task: its label set is unknown "
                         "here (dsbs evaluate --task FILE --label-set ... --choices knows it)")
@@ -132,8 +137,7 @@ def predict(model, tokenizer, meta: dict, inputs: list[str], *, with_rationale: 
               "form": meta.get("prompt_form", "prefix")}
     if get_method(meta["method"]).answers_with_rationale:
         if choices is not None:
-            raise UserError(f"a {meta['method']} student writes its rationale before its label: it has no label "
-                            "to choose on its own (leave out --choices)")
+            refuse_single_task(meta)
         texts = generate(model, tokenizer, inputs, max_new_tokens=meta["max_target_tokens"] + meta["label_max_tokens"],
                          **limits)
         results = []

@@ -1,6 +1,7 @@
-"""dsbs export: a student converted for CTranslate2 answers like the transformers student, through the
-same predict / evaluate paths."""
+"""dsbs export: a student converted for CTranslate2 or llama.cpp answers like the transformers student,
+through the same predict / evaluate paths."""
 
+import importlib.util
 import json
 
 import pytest
@@ -8,7 +9,8 @@ import pytest
 from dsbs.tasks import demo
 from tests.conftest import run_dsbs
 
-pytest.importorskip("ctranslate2")
+needs_ct2 = pytest.mark.skipif(importlib.util.find_spec("ctranslate2") is None, reason="pip install -e '.[dev]'")
+needs_gguf = pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="pip install -e '.[dev]'")
 
 
 def answers(model_dir: str, inputs: list[str], with_rationale: bool) -> list[dict]:
@@ -20,6 +22,7 @@ def answers(model_dir: str, inputs: list[str], with_rationale: bool) -> list[dic
     return predict(model, tokenizer, read_meta(model_dir), inputs, with_rationale=with_rationale, batch_size=4)
 
 
+@needs_ct2
 @pytest.mark.parametrize("family", ["causal", "seq2seq"])
 def test_a_float32_export_gives_the_same_greedy_answers(family, well_trained_students, tmp_path):
     from dsbs.engines import engine_of, export
@@ -33,6 +36,7 @@ def test_a_float32_export_gives_the_same_greedy_answers(family, well_trained_stu
     assert "Exported for an inference engine" in card and "float32" in card
 
 
+@needs_ct2
 def test_an_int8_export_is_served_by_evaluate_and_predict(trained_student, tmp_path):
     from dsbs.engines import export
 
@@ -52,3 +56,50 @@ def test_an_int8_export_is_served_by_evaluate_and_predict(trained_student, tmp_p
     assert refused.returncode == 2 and "it answers, it does not train" in refused.stderr
     bf16 = run_dsbs("evaluate", "--model", exported, "--task", "demo", "--precision", "bf16", check=False)
     assert bf16.returncode == 2 and "computes in the type it was exported in" in bf16.stderr
+
+
+@needs_gguf
+def test_a_gguf_export_holds_the_students_weights_in_llama_cpps_layout(well_trained_students, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from dsbs.engines import engine_of, export
+    from dsbs.errors import ConfigError
+
+    student = well_trained_students["causal"]
+    for quantization in ("float32", "int8"):
+        export(student, str(tmp_path / quantization), engine="llama.cpp", quantization=quantization)
+    card = (tmp_path / "int8" / "README.md").read_text()
+    assert engine_of(tmp_path / "int8") == "llama.cpp" and "**llama.cpp** with **int8**" in card
+    # transformers reads GGUF back, undoing llama.cpp's rotary row order: every weight comes back as it was
+    ours = AutoModelForCausalLM.from_pretrained(student).state_dict()
+    back = AutoModelForCausalLM.from_pretrained(str(tmp_path / "float32"), gguf_file="model.gguf").state_dict()
+    assert set(back) == set(ours) and all(torch.equal(back[name], ours[name]) for name in ours)
+    sizes = {q: (tmp_path / q / "model.gguf").stat().st_size for q in ("float32", "int8")}
+    assert sizes["int8"] < 0.4 * sizes["float32"]
+    with pytest.raises(ConfigError, match="Llama-style decoder-only"):
+        export(well_trained_students["seq2seq"], str(tmp_path / "t5"), engine="llama.cpp")
+    assert not (tmp_path / "t5").exists()
+
+
+def llama_cpp_runs(gguf: str) -> bool:
+    """Whether llama.cpp completes a prompt here: some builds crash on some CPUs (a source build of
+    llama-cpp-python 0.3.36 segfaults on a Xeon with AMX); the probe runs in its own process."""
+    import subprocess
+    import sys
+
+    probe = f"from llama_cpp import Llama\nLlama(model_path={gguf!r}, n_ctx=64, verbose=False).eval([1, 2, 3])"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=300).returncode == 0
+
+
+@needs_gguf
+def test_a_gguf_export_gives_the_same_greedy_answers(well_trained_students, tmp_path):
+    pytest.importorskip("llama_cpp", reason="pip install -e '.[llama]'")
+    from dsbs.engines import export
+
+    student = well_trained_students["causal"]
+    export(student, str(tmp_path / "gguf"), engine="llama.cpp", quantization="float32")
+    if not llama_cpp_runs(str(tmp_path / "gguf" / "model.gguf")):
+        pytest.skip("llama.cpp cannot run a model on this machine")
+    inputs = [e.input for e in demo.load("test")[:12]]
+    assert answers(str(tmp_path / "gguf"), inputs, True) == answers(student, inputs, True)

@@ -276,7 +276,9 @@ class ExportConfig:
 
     model: str = option(help="a student directory (a run's model/)")
     output: str = option(help="directory to write the exported student to")
-    format: Literal["ctranslate2"] = option("ctranslate2", "the engine")
+    format: Literal["ctranslate2", "llama.cpp"] = option(
+        "ctranslate2", "the engine: CTranslate2 (Llama-style and T5/BART-style students) or llama.cpp (a GGUF file; "
+        "Llama-style students)")
     quantization: Literal["float32", "int8", "int8_float32", "bfloat16"] = option(
         "float32", "weight type (float32: the same answers as transformers; int8: ~4x smaller, but on the SVAMP "
         "student it gave another answer on 13% of the test set, so it is not the default)")

@@ -1,9 +1,11 @@
-"""Inference engines: `dsbs export` writes a student for CTranslate2, and the exported directory
-answers through the same predict / evaluate / serve paths (the engine is read from its dsbs.json).
+"""Inference engines: `dsbs export` writes a student for CTranslate2 or llama.cpp, and the exported
+directory answers through the same predict / evaluate / serve paths (the engine is read from its
+dsbs.json).
 
 CTranslate2 runs decoder-only students (Llama-style: SmolLM2) and T5/BART-style seq2seq students
-on CPU with int8, bfloat16 or float32 weights; its greedy search takes token pieces, so prompts are
-encoded exactly as for transformers and converted to pieces.
+on CPU with int8, bfloat16 or float32 weights; llama.cpp runs Llama-style decoder-only students
+from a GGUF file (float32, bfloat16, or int8 as Q8_0). Both take prompts encoded exactly as for
+transformers (as token pieces or token ids), so a student sees the tokens it was trained on.
 """
 
 import json
@@ -16,16 +18,14 @@ from dsbs.errors import ConfigError, MissingDependency
 from dsbs.files import replace_dir, write_atomic
 
 ENGINE_DIR = "ctranslate2"
+GGUF_FILE = "model.gguf"
+ENGINES = ("ctranslate2", "llama.cpp")
 
 
 def export(model_dir: str, output: str, engine: str = "ctranslate2", quantization: str = "float32") -> dict:
     """Convert the student in ``model_dir`` for ``engine`` into ``output`` (tokenizer, dsbs.json, card beside it)."""
-    if engine != "ctranslate2":
-        raise ConfigError(f"unknown engine {engine!r}: ctranslate2 is the one dsbs exports to")
-    try:
-        from ctranslate2.converters import TransformersConverter
-    except ImportError:
-        raise MissingDependency("dsbs export needs CTranslate2: pip install 'dsbs[ctranslate2]'") from None
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r}: dsbs exports to {', '.join(ENGINES)}")
     from transformers import AutoTokenizer
 
     meta = read_meta(model_dir)
@@ -34,16 +34,10 @@ def export(model_dir: str, output: str, engine: str = "ctranslate2", quantizatio
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        TransformersConverter(str(model_dir)).convert(str(staging / ENGINE_DIR), quantization=quantization, force=True)
-    except (ValueError, NotImplementedError) as err:
+        (write_ctranslate2 if engine == "ctranslate2" else write_gguf)(model_dir, staging, quantization)
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        raise ConfigError(f"CTranslate2 cannot convert {model_dir}: {err}") from None
-    engine_config = staging / ENGINE_DIR / "config.json"
-    settings = json.loads(engine_config.read_text())
-    for token in ("bos_token", "unk_token"):  # CTranslate2 refuses a null special token; a tokenizer may lack one
-        if settings.get(token, "") is None:
-            settings[token] = settings["eos_token"]
-    write_atomic(engine_config, json.dumps(settings, indent=2))
+        raise
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(staging)
     exported = {**meta, "engine": {"name": engine, "quantization": quantization, "exported_from": str(model_dir)}}
     write_atomic(staging / META_FILE, json.dumps(exported, indent=2))
@@ -52,16 +46,39 @@ def export(model_dir: str, output: str, engine: str = "ctranslate2", quantizatio
     return {"output": str(target), "engine": engine, "quantization": quantization}
 
 
+def write_ctranslate2(model_dir: str, staging: Path, quantization: str) -> None:
+    try:
+        from ctranslate2.converters import TransformersConverter
+    except ImportError:
+        raise MissingDependency("dsbs export needs CTranslate2: pip install 'dsbs[ctranslate2]'") from None
+    try:
+        TransformersConverter(str(model_dir)).convert(str(staging / ENGINE_DIR), quantization=quantization, force=True)
+    except (ValueError, NotImplementedError) as err:
+        raise ConfigError(f"CTranslate2 cannot convert {model_dir}: {err}") from None
+    engine_config = staging / ENGINE_DIR / "config.json"
+    settings = json.loads(engine_config.read_text())
+    for token in ("bos_token", "unk_token"):  # CTranslate2 refuses a null special token; a tokenizer may lack one
+        if settings.get(token, "") is None:
+            settings[token] = settings["eos_token"]
+    write_atomic(engine_config, json.dumps(settings, indent=2))
+
+
+EXAMPLES = {
+    "ctranslate2": ["import ctranslate2, transformers",
+                    'generator = ctranslate2.Generator("DIR/ctranslate2", compute_type="default")',
+                    'tokenizer = transformers.AutoTokenizer.from_pretrained("DIR")'],
+    "llama.cpp": ["import llama_cpp", 'llm = llama_cpp.Llama("DIR/model.gguf")  # or: llama-server -m DIR/model.gguf',
+                  "# prompts as dsbs encodes them: the input, a newline, [label], a newline (dsbs.json: prompt_form)"],
+}
+
+
 def export_note(meta: dict) -> str:
     engine = meta["engine"]
     return "\n".join([
         "## Exported for an inference engine", "",
         f"This directory holds the student converted for **{engine['name']}** with **{engine['quantization']}** "
         f"weights (`dsbs export`, from `{engine['exported_from']}`). Answer with `dsbs predict|evaluate|serve "
-        "--model DIR`, or with the engine itself:", "", "```python",
-        "import ctranslate2, transformers",
-        'generator = ctranslate2.Generator("DIR/ctranslate2", compute_type="default")',
-        'tokenizer = transformers.AutoTokenizer.from_pretrained("DIR")', "```", ""])
+        "--model DIR`, or with the engine itself:", "", "```python", *EXAMPLES[engine["name"]], "```", ""])
 
 
 def engine_of(model_dir: str | Path) -> str | None:
@@ -115,3 +132,127 @@ class CT2Student:
                                                  end_token=eos, include_prompt_in_result=False)
             out = [r.sequences[0] for r in results]
         return [self.tokenizer.convert_tokens_to_ids(tokens) for tokens in out]
+
+
+GGUF_TYPES = {"float32": "F32", "bfloat16": "BF16", "int8": "Q8_0"}
+
+
+def write_gguf(model_dir: str, staging: Path, quantization: str) -> None:
+    """A Llama-style student as one GGUF file for llama.cpp: its hyperparameters, its BPE vocabulary
+    and merges, and its weights (norms stay float32; q and k rows reordered for llama.cpp's rotary
+    layout, as llama.cpp's own converter does)."""
+    try:
+        import gguf
+    except ImportError:
+        raise MissingDependency("a llama.cpp export writes GGUF: pip install 'dsbs[smollm2]' (or gguf)") from None
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if quantization not in GGUF_TYPES:
+        raise ConfigError(f"a llama.cpp export takes --quantization {', '.join(GGUF_TYPES)}, not {quantization}")
+    config = AutoConfig.from_pretrained(model_dir)
+    rope = getattr(config, "rope_parameters", None) or {"rope_theta": getattr(config, "rope_theta", 10000.0)}
+    if config.model_type != "llama" or rope.get("rope_type", "default") != "default":
+        raise ConfigError(f"a llama.cpp export covers Llama-style decoder-only students with plain rotary positions "
+                          f"(SmolLM2, Llama 2): {model_dir} is {config.model_type}")
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    writer = gguf.GGUFWriter(str(staging / GGUF_FILE), "llama")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(rope["rope_theta"]))
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_vocab_size(config.vocab_size)
+    add_vocabulary(writer, AutoTokenizer.from_pretrained(model_dir), config.vocab_size)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    kind = getattr(gguf.GGMLQuantizationType, GGUF_TYPES[quantization])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # llama.cpp reads the output head from the embedding when there is none
+        data = tensor.numpy()
+        if name.endswith(("q_proj.weight", "k_proj.weight")):
+            data = rotary_rows(data, heads if "q_proj" in name else kv_heads)
+        target = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if data.ndim == 1 or kind == gguf.GGMLQuantizationType.F32:
+            writer.add_tensor(target, data)
+        else:
+            writer.add_tensor(target, gguf.quants.quantize(data, kind), raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def rotary_rows(weight, heads: int):
+    """q/k projection rows from transformers' rotate-half order to llama.cpp's interleaved pairs."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2) \
+        .reshape(weight.shape)
+
+
+def add_vocabulary(writer, tokenizer, vocab_size: int) -> None:
+    """A byte-level BPE tokenizer's tokens, types and merges (llama.cpp's "gpt2" model). dsbs feeds
+    llama.cpp token ids it encoded itself, so llama.cpp's own pre-tokenizer never runs on a prompt."""
+    import gguf
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
+    if spec["type"] != "BPE":
+        raise ConfigError(f"a llama.cpp export needs a BPE tokenizer, this one is {spec['type']}")
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    types = [gguf.TokenType.UNUSED] * vocab_size
+    for token, i in tokenizer.get_vocab().items():
+        tokens[i], types[i] = token, gguf.TokenType.NORMAL
+    for i, added in tokenizer.added_tokens_decoder.items():
+        types[i] = gguf.TokenType.CONTROL if added.special else gguf.TokenType.USER_DEFINED
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in spec["merges"]])
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_add_bos_token(False)
+
+
+class LlamaCppStudent:
+    """A llama.cpp student (GGUF) with what dsbs.inference needs: config, device and greedy search."""
+
+    def __init__(self, model_dir: str, threads: int = 0):
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise MissingDependency("this student was exported for llama.cpp: pip install 'dsbs[llama]'") from None
+        from transformers import AutoTokenizer
+
+        from dsbs.models import prepare_tokenizer
+
+        meta = read_meta(model_dir)
+        context = meta["max_input_tokens"] + max(meta["max_target_tokens"], meta["label_max_tokens"]) + 16
+        self.llm = Llama(model_path=str(Path(model_dir) / GGUF_FILE), n_ctx=context, n_batch=context,
+                         n_threads=threads or os.cpu_count() or 1, verbose=False)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.config = type("Config", (), {"is_encoder_decoder": False})()
+        self.device = "cpu"
+        prepare_tokenizer(self.tokenizer, self)
+
+    def eval(self):
+        return self
+
+    def greedy(self, prompts: list[list[int]], decoder_prefix: list[int], max_new_tokens: int) -> list[list[int]]:
+        """Token ids generated after each prompt, EOS excluded (one prompt at a time: llama.cpp's Python API)."""
+        results = []
+        for prompt in prompts:
+            ids: list[int] = []
+            if max_new_tokens > 0:
+                for token in self.llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0, reset=True):
+                    if token == self.tokenizer.eos_token_id:
+                        break
+                    ids.append(token)
+                    if len(ids) == max_new_tokens:
+                        break
+            results.append(ids)
+        return results

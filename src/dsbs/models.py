@@ -117,7 +117,7 @@ def load_student(name: str, for_inference: bool = False, precision: str = "fp32"
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from dsbs.engines import CT2Student, engine_of
+    from dsbs.engines import CT2Student, LlamaCppStudent, engine_of
 
     if engine_of(name):  # a student exported for an inference engine (dsbs export)
         if not for_inference:
@@ -125,7 +125,7 @@ def load_student(name: str, for_inference: bool = False, precision: str = "fp32"
         if precision != "fp32":
             raise UserError(f"{name} was exported for {engine_of(name)} and computes in the type it was exported in: "
                             "--precision applies to a transformers student")
-        student = CT2Student(name)
+        student = (CT2Student if engine_of(name) == "ctranslate2" else LlamaCppStudent)(name)
         return student, student.tokenizer
     path = resolve_student(name)
     config = AutoConfig.from_pretrained(path)

@@ -280,8 +280,9 @@ class ExportConfig:
         "ctranslate2", "the engine: CTranslate2 (Llama-style and T5/BART-style students) or llama.cpp (a GGUF file; "
         "Llama-style students)")
     quantization: Literal["float32", "int8", "int8_float32", "bfloat16"] = option(
-        "float32", "weight type (float32: the same answers as transformers; int8: ~4x smaller, but on the SVAMP "
-        "student it gave another answer on 13% of the test set, so it is not the default)")
+        "float32", "weight type (float32: the same answers as transformers; int8, Q8_0 for llama.cpp: ~4x smaller, "
+        "but CTranslate2's int8 gave the SVAMP student another answer on 13% of its test set, so it is not the "
+        "default; int8_float32: CTranslate2 only)")
 
 
 @dataclass

@@ -68,7 +68,7 @@ EXAMPLES = {
                     'generator = ctranslate2.Generator("DIR/ctranslate2", compute_type="default")',
                     'tokenizer = transformers.AutoTokenizer.from_pretrained("DIR")'],
     "llama.cpp": ["import llama_cpp", 'llm = llama_cpp.Llama("DIR/model.gguf")  # or: llama-server -m DIR/model.gguf',
-                  "# prompts as dsbs encodes them: the input, a newline, [label], a newline (dsbs.json: prompt_form)"],
+                  "# prompts as dsbs encodes them (dsbs.json's prompt_form; suffix: input, newline, [label], newline)"],
 }
 
 

@@ -152,3 +152,12 @@ def test_variants_are_one_more_axis_and_compare_with_their_own_standard(tiny_cau
     from dsbs.report import markdown as render
 
     assert "| dsbs [alpha9] | dsbs | 100.0% |" in render(group_results([*results, plain]))
+
+
+def test_the_teacher_is_compared_with_every_seed():
+    from dsbs.report import paired, teacher_lines
+
+    lines = [{"seed": 0, "test_correct": "1111", "teacher_test_correct": "1000"},
+             {"seed": 1, "test_correct": "1100", "teacher_test_correct": "1000"}]
+    d = paired(lines, teacher_lines({"dsbs": {1.0: lines}}))
+    assert d.seeds == 2 and d.diff == pytest.approx(100 * (0.75 - 0.25))

@@ -71,9 +71,13 @@ def matrix(lines: list[dict], seeds: list[int] | None = None):
 
 
 def paired(a_lines: list[dict], b_lines: list[dict]):
-    """Difference of a over b on the seeds both have (b may be a one-row reference), or None."""
+    """Difference of a over b on the seeds both have, or None; a seedless b (the teacher's answers,
+    one row) is compared with every seed of a."""
     from dsbs.stats import compare
 
+    if all(r["seed"] is None for r in b_lines):
+        a, b = matrix(a_lines), matrix(b_lines)
+        return None if a is None or b is None or a.shape[1] != b.shape[1] else compare(a, b)
     shared = sorted({r["seed"] for r in a_lines} & {r["seed"] for r in b_lines})
     a, b = matrix(a_lines, shared), matrix(b_lines, shared)
     if a is None or b is None or a.shape != b.shape:
@@ -82,12 +86,12 @@ def paired(a_lines: list[dict], b_lines: list[dict]):
 
 
 def teacher_lines(cells: dict) -> list[dict] | None:
-    """The teacher's per-item correctness on these test rows, as a one-row pseudo cell."""
+    """The teacher's per-item correctness on these test rows, as a one-row pseudo cell with no seed."""
     for fractions in cells.values():
         for lines in fractions.values():
             for r in lines:
                 if r.get("teacher_test_correct"):
-                    return [{"seed": r["seed"], "test_correct": r["teacher_test_correct"]}]
+                    return [{"seed": None, "test_correct": r["teacher_test_correct"]}]
     return None
 
 

@@ -28,7 +28,7 @@ def tiny_recipe(tmp_path, student, **overrides) -> Path:
     return path
 
 
-def test_grid_runs_once_resumes_and_reports(tiny_causal, tmp_path):
+def test_grid_runs_once_resumes_and_reports(tiny_causal, tmp_path, capsys):
     recipe = load_recipe(str(tiny_recipe(tmp_path, tiny_causal)))
     first = run_experiment(recipe)
     assert len(first) == 8 and {r["method"] for r in first} == {"standard", "dsbs"}
@@ -40,6 +40,12 @@ def test_grid_runs_once_resumes_and_reports(tiny_causal, tmp_path):
     results.write_text(results.read_text() + '{"run": "cut sh')
     assert run_experiment(recipe) == []
     assert len(read_appended_jsonl(results)) == 8
+    # another recipe sharing the output counts only its own runs
+    capsys.readouterr()
+    other = load_recipe(str(tiny_recipe(tmp_path / "other", tiny_causal, output=recipe.output, methods=["standard"],
+                                        fractions=[1.0], seeds=[0, 2])))
+    assert len(run_experiment(other)) == 1
+    assert "[2/2] demo-standard" in capsys.readouterr().out
     out = report(str(results))
     assert "| dsbs |" in out["markdown"] and "(2 seeds)" in out["markdown"]
     assert "| dsbs | standard | 50.0% |" in out["markdown"] and "| dsbs | standard | 100.0% |" in out["markdown"]

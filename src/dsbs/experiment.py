@@ -275,7 +275,8 @@ def sweep(recipe: Recipe, jobs: int, deadline: float | None, on_result) -> list[
         if on_result:
             on_result(result)
 
-    already, todo = len(done), []
+    mine = {run_name(run) for run in runs}  # other recipes may append to the same results file
+    already, todo = len(done & mine), []
     for run in runs:
         finished = Path(recipe.configs(run)[1].output) / RESULT_FILE  # evaluated, but the sweep died before appending
         if run_name(run) in done:
@@ -289,9 +290,9 @@ def sweep(recipe: Recipe, jobs: int, deadline: float | None, on_result) -> list[
         errors = run_parallel(recipe, todo, jobs, deadline, record)
     else:
         for run in todo:
-            print(f"[{len(done) + 1}/{len(runs)}] {run_name(run)}", flush=True)
+            print(f"[{len(done & mine) + 1}/{len(runs)}] {run_name(run)}", flush=True)
             record(run_cell(recipe, run))
-    print(f"{len(new)} run(s) done now, {already} were already done, {len(runs) - len(done)} left; "
+    print(f"{len(new)} run(s) done now, {already} were already done, {len(runs) - len(done & mine)} left; "
           f"results in {results_path}")
     if errors:
         raise SweepFailed(f"{len(errors)} run(s) failed:\n" + "\n".join(errors))

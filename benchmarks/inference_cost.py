@@ -55,8 +55,10 @@ def main() -> None:
 
     engine = engine_of(args.model) or "transformers"
     model, tokenizer = load_student(args.model, for_inference=True, precision=args.precision)
-    n_params = sum(p.numel() for p in load_student(args.reference or args.model)[0].parameters()) \
-        if engine == "transformers" or args.reference else float("nan")
+    n_params = float("nan")  # an export's own weights are the engine's, not a torch model's
+    if engine == "transformers" or args.reference:
+        counted = model if engine == "transformers" else load_student(args.reference)[0]
+        n_params = sum(p.numel() for p in counted.parameters())
     task = get_task(TaskConfig(task=args.task))
     inputs = [e.input for e in task.load("test")[: args.items]]
     limits = {"max_input_tokens": meta["max_input_tokens"], "form": meta.get("prompt_form", "prefix")}
@@ -115,14 +117,14 @@ def main() -> None:
     print(f"cpu: {cpu_name()}; label_vs_rationale_cost={rationale_batched / label_batched:.2f}; prefill and first "
           f"token against label-only: {ms['label-only, first token only', args.batch] / label_batched:.0%} at "
           f"batch {args.batch}, {ms['label-only, first token only', 1] / ms['student label-only', 1]:.0%} at batch 1")
-    same = compare_with_reference(args, meta, model, tokenizer) if args.reference else None
+    same = compare_with_reference(args, task, meta, model, tokenizer) if args.reference else None
     kind = meta["engine"]["quantization"] if engine != "transformers" else args.precision + "-choices" * args.choices
     print(f"engine={engine}-{kind} "
           f"label_inputs_per_s_batched={rows[1][3]:.2f} label_inputs_per_s_batch1={rows[0][3]:.2f} "
           f"same_answers={'n/a' if same is None else f'{same:.3f}'}")
 
 
-def compare_with_reference(args, meta: dict, model, tokenizer) -> float:
+def compare_with_reference(args, task, meta: dict, model, tokenizer) -> float:
     """Both students on the whole test set: share of the same answers, both accuracies, paired difference."""
     import numpy as np
 
@@ -130,9 +132,7 @@ def compare_with_reference(args, meta: dict, model, tokenizer) -> float:
     from dsbs.inference import label_choices, predict
     from dsbs.models import load_student
     from dsbs.stats import compare
-    from dsbs.tasks import TaskConfig, get_task
 
-    task = get_task(TaskConfig(task=args.task))
     rows = task.load(task.test_split)
     inputs = [e.input for e in rows]
     ours = [p["label"] for p in predict(model, tokenizer, meta, inputs, batch_size=args.batch,

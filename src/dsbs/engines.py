@@ -89,8 +89,27 @@ def engine_of(model_dir: str | Path) -> str | None:
     return (json.loads(path.read_text()).get("engine") or {}).get("name")
 
 
-class CT2Student:
-    """A CTranslate2 student with what dsbs.inference needs: config, device and greedy search."""
+class EngineStudent:
+    """What dsbs.inference needs of an exported student besides its ``greedy`` search: its tokenizer,
+    a config saying whether it is seq2seq, a device, and eval()."""
+
+    def __init__(self, model_dir: str, seq2seq: bool):
+        from transformers import AutoTokenizer
+
+        from dsbs.models import prepare_tokenizer
+
+        self.seq2seq = seq2seq
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.config = type("Config", (), {"is_encoder_decoder": seq2seq})()
+        self.device = "cpu"
+        prepare_tokenizer(self.tokenizer, self)
+
+    def eval(self):
+        return self
+
+
+class CT2Student(EngineStudent):
+    """A CTranslate2 student: CTranslate2's batched greedy search."""
 
     def __init__(self, model_dir: str, threads: int = 0):
         try:
@@ -98,24 +117,12 @@ class CT2Student:
         except ImportError:
             raise MissingDependency("this student was exported for CTranslate2: pip install 'dsbs[ctranslate2]'") \
                 from None
-        from transformers import AutoTokenizer
-
-        from dsbs.models import prepare_tokenizer
-
-        meta = read_meta(model_dir)
-        self.seq2seq = bool(meta.get("seq2seq"))
+        super().__init__(model_dir, bool(read_meta(model_dir).get("seq2seq")))
         kind = ctranslate2.Translator if self.seq2seq else ctranslate2.Generator
         # "default": compute in the type the weights were exported in ("auto" would pick the fastest the CPU
         # has, int8 even for a float32 export); one thread per core (CTranslate2's default of 4 oversubscribes)
         self.engine = kind(str(Path(model_dir) / ENGINE_DIR), device="cpu", compute_type="default",
                            intra_threads=threads or os.cpu_count() or 1)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.config = type("Config", (), {"is_encoder_decoder": self.seq2seq})()
-        self.device = "cpu"
-        prepare_tokenizer(self.tokenizer, self)
-
-    def eval(self):
-        return self
 
     def greedy(self, prompts: list[list[int]], decoder_prefix: list[int], max_new_tokens: int) -> list[list[int]]:
         """Token ids generated after each prompt (and after ``decoder_prefix`` for seq2seq), EOS excluded."""
@@ -218,29 +225,19 @@ def add_vocabulary(writer, tokenizer, vocab_size: int) -> None:
     writer.add_add_bos_token(False)
 
 
-class LlamaCppStudent:
-    """A llama.cpp student (GGUF) with what dsbs.inference needs: config, device and greedy search."""
+class LlamaCppStudent(EngineStudent):
+    """A llama.cpp student (GGUF, decoder-only): greedy search one prompt at a time."""
 
     def __init__(self, model_dir: str, threads: int = 0):
         try:
             from llama_cpp import Llama
         except ImportError:
             raise MissingDependency("this student was exported for llama.cpp: pip install 'dsbs[llama]'") from None
-        from transformers import AutoTokenizer
-
-        from dsbs.models import prepare_tokenizer
-
+        super().__init__(model_dir, seq2seq=False)
         meta = read_meta(model_dir)
         context = meta["max_input_tokens"] + max(meta["max_target_tokens"], meta["label_max_tokens"]) + 16
         self.llm = Llama(model_path=str(Path(model_dir) / GGUF_FILE), n_ctx=context, n_batch=context,
                          n_threads=threads or os.cpu_count() or 1, verbose=False)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.config = type("Config", (), {"is_encoder_decoder": False})()
-        self.device = "cpu"
-        prepare_tokenizer(self.tokenizer, self)
-
-    def eval(self):
-        return self
 
     def greedy(self, prompts: list[list[int]], decoder_prefix: list[int], max_new_tokens: int) -> list[list[int]]:
         """Token ids generated after each prompt, EOS excluded (one prompt at a time: llama.cpp's Python API)."""

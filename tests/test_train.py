@@ -66,6 +66,20 @@ def test_loss_falls_and_every_weight_changes(tiny_student, tmp_path):
     assert not unchanged
 
 
+def test_phase_times_account_for_the_whole_step(tiny_causal, tmp_path):
+    train(DEMO, quick_config(tiny_causal, tmp_path, method="dsbs", max_steps=4, log_interval=2, phase_times=True))
+    lines = [r for r in log_records(tmp_path) if "loss" in r]
+    assert len(lines) == 2
+    for r in lines:
+        phases = [r[f"{p}_s"] for p in ("collate", "forward", "backward", "optimizer")]
+        step_seconds = r["tokens"] / r["tokens_per_s"] / 2
+        assert all(p > 0 for p in phases)
+        assert 0.9 * step_seconds < sum(phases) <= step_seconds * 1.001 + 1e-4
+    plain = tmp_path / "plain"
+    train(DEMO, quick_config(tiny_causal, plain, method="dsbs", max_steps=2, log_interval=2))
+    assert "forward_s" not in log_records(plain)[0]
+
+
 def test_lora_trains_only_adapters_and_saves_a_merged_plain_model(tiny_student, tmp_path):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 

@@ -107,6 +107,8 @@ class TrainConfig:
     resume: bool = option(False, "continue from the latest checkpoint in --output")
     keep_checkpoints: bool = option(True, "keep the last checkpoint (weights + optimizer) after the run ends; "
                                     "model/ is always kept")
+    phase_times: bool = option(False, "log where each step's time goes (collate, forward, backward, optimizer: "
+                               "seconds per step); waits for the GPU between phases, so a step runs a little slower")
 
     def __post_init__(self):
         check_choices(self)

@@ -172,6 +172,7 @@ class Run:
     shared: bool  # each example is one shared-pass feature (encode_shared) instead of one per item
     step: int = 0
     best: dict = field(default_factory=lambda: {"accuracy": None, "step": None})
+    clock: "PhaseClock | None" = None  # --phase-times
 
     @property
     def world(self) -> int:
@@ -284,7 +285,8 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
               val_rows=val_rows, meta=meta, weights=method.loss_weights(config.alpha, config.rationale_weight),
               max_steps=max_steps,
               save_interval=config.save_interval or config.eval_interval or max(1, max_steps // 10),
-              precision=resolve_precision(config.precision, accelerator.device.type), seq2seq=seq2seq, shared=shared)
+              precision=resolve_precision(config.precision, accelerator.device.type), seq2seq=seq2seq, shared=shared,
+              clock=PhaseClock(accelerator.device.type) if config.phase_times else None)
     if checkpoint:
         restore(run, checkpoint)
     if run.main:
@@ -351,8 +353,12 @@ def forward(run: Run, part: list[dict]) -> tuple[dict, int]:
         if tokens is None:  # seq2seq: the encoder's tokens and every decoder's
             tokens = int(batch["attention_mask"].sum()) + sum(n for f in part for n in f["tasks"].values())
         batch = to_device(batch, run.accelerator.device)
+        if run.clock:
+            run.clock.lap("collate")
         return shared_loss_sums(run.model, batch, run.seq2seq, sharded=run.config.fsdp), tokens
     batch = to_device(collate(part, pad, run.seq2seq), run.accelerator.device)
+    if run.clock:
+        run.clock.lap("collate")
     tokens = int(batch["attention_mask"].sum()) + (sum(f["tasks"][f["task"]] for f in part) if run.seq2seq else 0)
     return {part[0]["task"]: seq2seq_loss_sum(run.model, batch)}, tokens
 
@@ -388,6 +394,7 @@ def train_step(run: Run) -> tuple[list[float], int, float]:
     """
     import torch
 
+    lap = run.clock.lap if run.clock else (lambda phase: None)
     micro_batches = step_batches(run)
     counts = {task_id: sum(f["tasks"].get(task_id, 0) for rows in micro_batches for i in rows for f in run.features[i])
               for task_id in run.weights}
@@ -398,11 +405,13 @@ def train_step(run: Run) -> tuple[list[float], int, float]:
         for part, share in passes(run, rows):
             with autocast:
                 losses, tokens = forward(run, part)
+            lap("forward")
             # each process's loss is its share of the step's mean; FSDP averages gradients, so undo that
             scale = share * (run.world if run.config.fsdp else 1)
             total = sum(run.weights[t] * loss / counts[t] for t, loss in losses.items() if counts.get(t))
             if torch.is_tensor(total):
                 (scale * total).backward()
+            lap("backward")
             for t, loss in losses.items():
                 sums[t] += share * loss.item() / counts[t]
             sums[2] += share * tokens
@@ -415,6 +424,7 @@ def train_step(run: Run) -> tuple[list[float], int, float]:
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
+    lap("optimizer")
     return sums.tolist(), sum(counts.values()), lr
 
 
@@ -465,6 +475,41 @@ def save_checkpoint(run: Run) -> None:
             if old != target:
                 shutil.rmtree(old)
     run.accelerator.wait_for_everyone()
+
+
+class PhaseClock:
+    """Seconds of each phase of the steps since the last log line (--phase-times).
+
+    On a GPU it waits for the device at each lap, so that kernels are charged to the phase that
+    queued them rather than to the next one that waits.
+    """
+
+    PHASES = ("collate", "forward", "backward", "optimizer")
+
+    def __init__(self, device_type: str):
+        import torch
+
+        self.sync = torch.cuda.synchronize if device_type == "cuda" else None
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self.last = time.perf_counter()
+
+    def start(self) -> None:
+        if self.sync:
+            self.sync()
+        self.last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        if self.sync:
+            self.sync()
+        now = time.perf_counter()
+        self.seconds[phase] += now - self.last
+        self.last = now
+
+    def take(self, steps: int) -> dict:
+        """Per-step means as log fields (collate_s, forward_s, ...), then a new window."""
+        record = {f"{phase}_s": seconds / steps for phase, seconds in self.seconds.items()}
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        return record
 
 
 class Meter:
@@ -528,6 +573,8 @@ def fit(run: Run) -> dict:
     run.model.train()
     bar = tqdm(total=run.max_steps, initial=run.step, desc="train", unit="step", disable=not run.main)
     while run.step < run.max_steps:
+        if run.clock:
+            run.clock.start()
         step_started = time.perf_counter()
         losses, target_tokens, lr = train_step(run)
         run.step += 1
@@ -535,7 +582,8 @@ def fit(run: Run) -> dict:
         bar.update(1)
         last = run.step == run.max_steps
         if run.step % config.log_interval == 0 or last:
-            log(meter.line(run.step, lr))
+            steps = meter.window["steps"]
+            log(meter.line(run.step, lr) | (run.clock.take(steps) if run.clock else {}))
         if (config.eval_interval and run.step % config.eval_interval == 0) or last:
             validate(run, log)
         if run.step % run.save_interval == 0 or (last and config.keep_checkpoints):

@@ -8,7 +8,9 @@
 # matplotlib) and the `gguf` reader on PYTHONPATH; dsbs runs from this checkout, nothing is
 # installed and nothing is downloaded. SECONDS (default 500) bounds the whole check.
 # Overrides: GPU_CHECK_RECIPE (default recipes/gpu-smollm2.yaml), GPU_CHECK_JOBS (4),
-# GPU_CHECK_TESTS (pytest arguments; default: the gpu-marked tests), PYTHON (python3).
+# GPU_CHECK_TESTS (pytest arguments; default: the gpu-marked tests), PYTHON (python3),
+# GPU_CHECK_THROUGHPUT=1 (first, benchmarks/train_throughput.py at batch 64: tokens/s, MFU and where a
+# step's time goes, into train_throughput.log; about 2 minutes).
 # OUTDIR gets: environment.json (versions, card, measured bf16 matmul peak), tests.log, grid.log,
 # results.jsonl, report.md, one PNG per task, throughput.json (tokens/s and MFU of the whole grid).
 set -uo pipefail
@@ -42,6 +44,11 @@ if torch.cuda.is_available():
 print(json.dumps(env, indent=2))
 EOF
 cat "$out/environment.json"
+
+if [ "${GPU_CHECK_THROUGHPUT:-0}" = 1 ]; then
+    timeout 240 "$py" benchmarks/train_throughput.py --batch-size 64 --steps 12 > "$out/train_throughput.log" 2>&1
+    echo "train_throughput: exit $? ($(tail -n 1 "$out/train_throughput.log"))"
+fi
 
 # (a) train -> evaluate -> predict with the real student on CUDA
 read -r -a tests <<< "${GPU_CHECK_TESTS:--m gpu tests/test_gpu.py}"

@@ -160,6 +160,21 @@ def test_variants_are_one_more_axis_and_compare_with_their_own_standard(tiny_cau
     assert "| dsbs [alpha9] | dsbs | 100.0% |" in render(group_results([*results, plain]))
 
 
+def test_teacher_labelled_runs_are_compared_with_distillation():
+    from dsbs.report import group_results, markdown
+
+    def line(method, seed, correct, **settings):
+        return {"run": f"{method}{seed}{settings}", "task": "demo", "student": "s", "method": method, "seed": seed,
+                "fraction": 1.0, "variant": "unlabeled" if settings else "", "test_n": 4, "test_accuracy":
+                correct.count("1") / 4, "test_correct": correct, "train_settings": settings}
+
+    results = [line("distill", 0, "1000"), line("distill", 1, "1100"), line("dsbs", 0, "1110"), line("dsbs", 1, "1111"),
+               line("dsbs", 0, "1111", label_source="teacher"), line("dsbs", 1, "1110", label_source="teacher")]
+    text = markdown(group_results(results))
+    assert "| dsbs [unlabeled] | distill | 100.0% | +50.0 [" in text
+    assert "| dsbs | distill |" not in text  # gold labels: not the unlabeled comparison
+
+
 def test_the_teacher_is_compared_with_every_seed():
     from dsbs.report import paired, teacher_lines
 

@@ -2,8 +2,9 @@
 
 Per cell (task, student, method, fraction): mean ± std over seeds, the seeds and the test n. Each
 method is compared with standard fine-tuning at the same task, student and fraction, item by item
-(dsbs.stats); the paper's "minimum resources" question is answered per method. Everything is
-computed from results.jsonl alone: each line carries its per-item test correctness.
+(dsbs.stats), and a method trained on the teacher's labels with standard distillation too; the
+paper's "minimum resources" question is answered per method. Everything is computed from
+results.jsonl alone: each line carries its per-item test correctness.
 """
 
 import statistics
@@ -117,25 +118,48 @@ def accuracy_table(cells: dict, fractions: list[float]) -> list[str]:
     return lines
 
 
+def comparison_row(row: str, reference: str, fraction: float, a_lines: list[dict], b_lines: list[dict]) -> str:
+    d = paired(a_lines, b_lines)
+    return (f"| {row} | {reference} | {fraction:.1%} | {difference_text(d) if d else 'no per-item data'} | "
+            f"{f'{d.p_value:.3g}' if d else '—'} | {d.seeds if d else '—'} |")
+
+
+def comparison_table(intro: str, first_column: str, rows: list[str]) -> list[str]:
+    if not rows:
+        return []
+    return ["", intro, "", f"| {first_column} | against | data | difference [95% interval] | p | paired seeds |",
+            "|---|---|---|---|---|---|", *rows]
+
+
 def against_standard(cells: dict, fractions: list[float]) -> list[str]:
     """Each row minus standard fine-tuning at the same data (its variant's standard, else the plain one), paired."""
     rows = []
     for row in sorted(cells, key=method_rank):
         reference = baseline(cells, row)
-        for fraction in fractions:
-            if reference is None or row.partition(" [")[0] == "standard":
-                continue
-            if not cells[row].get(fraction) or not cells[reference].get(fraction):
-                continue
-            d = paired(cells[row][fraction], cells[reference][fraction])
-            rows.append(f"| {row} | {reference} | {fraction:.1%} | {difference_text(d) if d else 'no per-item data'} | "
-                        f"{f'{d.p_value:.3g}' if d else '—'} | {d.seeds if d else '—'} |")
-    if not rows:
-        return []
-    return ["", "Against standard fine-tuning at the same data (accuracy points; 95% bootstrap interval over seeds and "
-            "test items, paired; p: paired permutation test over items on seed-averaged correctness):", "",
-            "| method | against | data | difference [95% interval] | p | paired seeds |", "|---|---|---|---|---|---|",
-            *rows]
+        if reference is None or row.partition(" [")[0] == "standard":
+            continue
+        rows += [comparison_row(row, reference, f, cells[row][f], cells[reference][f]) for f in fractions
+                 if cells[row].get(f) and cells[reference].get(f)]
+    return comparison_table("Against standard fine-tuning at the same data (accuracy points; 95% bootstrap interval "
+                            "over seeds and test items, paired; p: paired permutation test over items on "
+                            "seed-averaged correctness):", "method", rows)
+
+
+def against_distill(cells: dict, fractions: list[float]) -> list[str]:
+    """The paper's unlabeled setting: each row trained on the teacher's labels (``label_source: teacher``)
+    minus standard distillation (``distill``, also the teacher's labels) at the same data, paired."""
+    rows = []
+    for row in sorted(cells, key=method_rank):
+        if row.partition(" [")[0] == "distill" or "distill" not in cells:
+            continue
+        rows += [comparison_row(row, "distill", f, cells[row][f], cells["distill"][f]) for f in fractions
+                 if cells[row].get(f) and cells["distill"].get(f) and teacher_labelled(cells[row][f])]
+    return comparison_table("Without gold labels (the paper's unlabeled setting): against standard distillation on "
+                            "the same teacher labels (same statistics):", "method", rows)
+
+
+def teacher_labelled(lines: list[dict]) -> bool:
+    return all((r.get("train_settings") or {}).get("label_source") == "teacher" for r in lines)
 
 
 def against_plain(cells: dict, fractions: list[float]) -> list[str]:
@@ -145,16 +169,9 @@ def against_plain(cells: dict, fractions: list[float]) -> list[str]:
         plain = row.partition(" [")[0]
         if plain == row or plain not in cells:
             continue
-        for fraction in fractions:
-            if cells[row].get(fraction) and cells[plain].get(fraction):
-                d = paired(cells[row][fraction], cells[plain][fraction])
-                rows.append(f"| {row} | {plain} | {fraction:.1%} | {difference_text(d) if d else 'no per-item data'} | "
-                            f"{f'{d.p_value:.3g}' if d else '—'} | {d.seeds if d else '—'} |")
-    if not rows:
-        return []
-    return ["", "Each variant against its method's plain runs (same statistics):", "",
-            "| variant | against | data | difference [95% interval] | p | paired seeds |", "|---|---|---|---|---|---|",
-            *rows]
+        rows += [comparison_row(row, plain, f, cells[row][f], cells[plain][f]) for f in fractions
+                 if cells[row].get(f) and cells[plain].get(f)]
+    return comparison_table("Each variant against its method's plain runs (same statistics):", "variant", rows)
 
 
 def reach(cells: dict, method: str, reference: list[dict], target: float) -> str:
@@ -210,6 +227,7 @@ def markdown(groups: dict) -> str:
         out += [f"### {task} — student {student} (test n = {some[0]['test_n']}{'; ' + note if note else ''})", ""]
         out += accuracy_table(cells, fractions)
         out += against_standard(cells, fractions)
+        out += against_distill(cells, fractions)
         out += against_plain(cells, fractions)
         teacher = teacher_lines(cells)
         out += minimum_resources(cells, teacher)

@@ -31,6 +31,7 @@ export DSBS_CACHE_DIR="${DSBS_CACHE_DIR:-${TMPDIR:-/tmp}/dsbs-gpu-check-cache}"
 recipe=${GPU_CHECK_RECIPE:-recipes/gpu-smollm2.yaml}
 py=${PYTHON:-python3}
 work=${GPU_CHECK_WORK:-${TMPDIR:-/tmp}/dsbs-gpu-check-runs}
+jobs=${GPU_CHECK_JOBS:-4}
 
 "$py" - > "$out/environment.json" <<'EOF'
 import json, platform, torch, transformers, accelerate
@@ -60,12 +61,12 @@ left=$(( budget - ($(date +%s) - started) - 45 ))
 # a grid resumed on the same machine already has lines: throughput counts only the runs finished here
 before=$(grep -c . "$work/results.jsonl" 2>/dev/null); before=${before:-0}
 grid_started=$(date +%s)
-"$py" -m dsbs experiment "$recipe" --output "$work" --jobs "${GPU_CHECK_JOBS:-4}" --time-limit "$left" \
+"$py" -m dsbs experiment "$recipe" --output "$work" --jobs "$jobs" --time-limit "$left" \
     --report-dir "$out" > "$out/grid.log" 2>&1
 echo "grid: exit $? after $(( $(date +%s) - grid_started )) s"
 tail -n 5 "$out/grid.log"
 
-"$py" - "$out" "$(( $(date +%s) - grid_started ))" "$before" "${GPU_CHECK_JOBS:-4}" <<'EOF'
+"$py" - "$out" "$(( $(date +%s) - grid_started ))" "$before" "$jobs" <<'EOF'
 import json, sys
 from pathlib import Path
 from dsbs.tasks.common import read_appended_jsonl

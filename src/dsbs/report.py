@@ -145,21 +145,23 @@ def against_standard(cells: dict, fractions: list[float]) -> list[str]:
                             "seed-averaged correctness):", "method", rows)
 
 
+def teacher_labelled(lines: list[dict]) -> bool:
+    return all((r.get("train_settings") or {}).get("label_source") == "teacher" for r in lines)
+
+
 def against_distill(cells: dict, fractions: list[float]) -> list[str]:
     """The paper's unlabeled setting: each row trained on the teacher's labels (``label_source: teacher``)
     minus standard distillation (``distill``, also the teacher's labels) at the same data, paired."""
+    if "distill" not in cells:
+        return []
     rows = []
     for row in sorted(cells, key=method_rank):
-        if row.partition(" [")[0] == "distill" or "distill" not in cells:
+        if row.partition(" [")[0] == "distill":
             continue
         rows += [comparison_row(row, "distill", f, cells[row][f], cells["distill"][f]) for f in fractions
                  if cells[row].get(f) and cells["distill"].get(f) and teacher_labelled(cells[row][f])]
     return comparison_table("Without gold labels (the paper's unlabeled setting): against standard distillation on "
                             "the same teacher labels (same statistics):", "method", rows)
-
-
-def teacher_labelled(lines: list[dict]) -> bool:
-    return all((r.get("train_settings") or {}).get("label_source") == "teacher" for r in lines)
 
 
 def against_plain(cells: dict, fractions: list[float]) -> list[str]:

@@ -172,7 +172,7 @@ class Run:
     shared: bool  # each example is one shared-pass feature (encode_shared) instead of one per item
     step: int = 0
     best: dict = field(default_factory=lambda: {"accuracy": None, "step": None})
-    clock: "PhaseClock | None" = None  # --phase-times
+    clock: "PhaseClock | None" = None  # set in setup; times phases only under --phase-times
 
     @property
     def world(self) -> int:
@@ -286,7 +286,7 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
               max_steps=max_steps,
               save_interval=config.save_interval or config.eval_interval or max(1, max_steps // 10),
               precision=resolve_precision(config.precision, accelerator.device.type), seq2seq=seq2seq, shared=shared,
-              clock=PhaseClock(accelerator.device.type) if config.phase_times else None)
+              clock=PhaseClock(accelerator.device.type, on=config.phase_times))
     if checkpoint:
         restore(run, checkpoint)
     if run.main:
@@ -353,12 +353,10 @@ def forward(run: Run, part: list[dict]) -> tuple[dict, int]:
         if tokens is None:  # seq2seq: the encoder's tokens and every decoder's
             tokens = int(batch["attention_mask"].sum()) + sum(n for f in part for n in f["tasks"].values())
         batch = to_device(batch, run.accelerator.device)
-        if run.clock:
-            run.clock.lap("collate")
+        run.clock.lap("collate")
         return shared_loss_sums(run.model, batch, run.seq2seq, sharded=run.config.fsdp), tokens
     batch = to_device(collate(part, pad, run.seq2seq), run.accelerator.device)
-    if run.clock:
-        run.clock.lap("collate")
+    run.clock.lap("collate")
     tokens = int(batch["attention_mask"].sum()) + (sum(f["tasks"][f["task"]] for f in part) if run.seq2seq else 0)
     return {part[0]["task"]: seq2seq_loss_sum(run.model, batch)}, tokens
 
@@ -394,7 +392,6 @@ def train_step(run: Run) -> tuple[list[float], int, float]:
     """
     import torch
 
-    lap = run.clock.lap if run.clock else (lambda phase: None)
     micro_batches = step_batches(run)
     counts = {task_id: sum(f["tasks"].get(task_id, 0) for rows in micro_batches for i in rows for f in run.features[i])
               for task_id in run.weights}
@@ -405,13 +402,13 @@ def train_step(run: Run) -> tuple[list[float], int, float]:
         for part, share in passes(run, rows):
             with autocast:
                 losses, tokens = forward(run, part)
-            lap("forward")
+            run.clock.lap("forward")
             # each process's loss is its share of the step's mean; FSDP averages gradients, so undo that
             scale = share * (run.world if run.config.fsdp else 1)
             total = sum(run.weights[t] * loss / counts[t] for t, loss in losses.items() if counts.get(t))
             if torch.is_tensor(total):
                 (scale * total).backward()
-            lap("backward")
+            run.clock.lap("backward")
             for t, loss in losses.items():
                 sums[t] += share * loss.item() / counts[t]
             sums[2] += share * tokens
@@ -424,7 +421,7 @@ def train_step(run: Run) -> tuple[list[float], int, float]:
     run.optimizer.step()
     run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    lap("optimizer")
+    run.clock.lap("optimizer")
     return sums.tolist(), sum(counts.values()), lr
 
 
@@ -478,7 +475,7 @@ def save_checkpoint(run: Run) -> None:
 
 
 class PhaseClock:
-    """Seconds of each phase of the steps since the last log line (--phase-times).
+    """Seconds of each phase of the steps since the last log line (--phase-times; off, it does nothing).
 
     On a GPU it waits for the device at each lap, so that kernels are charged to the phase that
     queued them rather than to the next one that waits.
@@ -486,19 +483,24 @@ class PhaseClock:
 
     PHASES = ("collate", "forward", "backward", "optimizer")
 
-    def __init__(self, device_type: str):
+    def __init__(self, device_type: str, on: bool):
         import torch
 
+        self.on = on
         self.sync = torch.cuda.synchronize if device_type == "cuda" else None
         self.seconds = dict.fromkeys(self.PHASES, 0.0)
         self.last = time.perf_counter()
 
     def start(self) -> None:
+        if not self.on:
+            return
         if self.sync:
             self.sync()
         self.last = time.perf_counter()
 
     def lap(self, phase: str) -> None:
+        if not self.on:
+            return
         if self.sync:
             self.sync()
         now = time.perf_counter()
@@ -506,7 +508,9 @@ class PhaseClock:
         self.last = now
 
     def take(self, steps: int) -> dict:
-        """Per-step means as log fields (collate_s, forward_s, ...), then a new window."""
+        """Per-step means as log fields (collate_s, forward_s, ...), then a new window; nothing when off."""
+        if not self.on:
+            return {}
         record = {f"{phase}_s": seconds / steps for phase, seconds in self.seconds.items()}
         self.seconds = dict.fromkeys(self.PHASES, 0.0)
         return record
@@ -573,8 +577,7 @@ def fit(run: Run) -> dict:
     run.model.train()
     bar = tqdm(total=run.max_steps, initial=run.step, desc="train", unit="step", disable=not run.main)
     while run.step < run.max_steps:
-        if run.clock:
-            run.clock.start()
+        run.clock.start()
         step_started = time.perf_counter()
         losses, target_tokens, lr = train_step(run)
         run.step += 1
@@ -583,7 +586,7 @@ def fit(run: Run) -> dict:
         last = run.step == run.max_steps
         if run.step % config.log_interval == 0 or last:
             steps = meter.window["steps"]
-            log(meter.line(run.step, lr) | (run.clock.take(steps) if run.clock else {}))
+            log(meter.line(run.step, lr) | run.clock.take(steps))
         if (config.eval_interval and run.step % config.eval_interval == 0) or last:
             validate(run, log)
         if run.step % run.save_interval == 0 or (last and config.keep_checkpoints):

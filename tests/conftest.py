@@ -29,14 +29,32 @@ def _tokenizer(seq2seq: bool):
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def build_tiny_student(path: Path, seq2seq: bool) -> Path:
+def build_tiny_student(path: Path, seq2seq: bool, bert2bert: bool = False) -> Path:
+    """A tiny Llama, or a tiny T5 (``seq2seq``), or a tiny BERT2BERT like the MiniLM student (``bert2bert``)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+    from transformers import (
+        BertConfig,
+        EncoderDecoderConfig,
+        EncoderDecoderModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+        T5Config,
+        T5ForConditionalGeneration,
+    )
 
     torch.manual_seed(0)
     tokenizer = _tokenizer(seq2seq)
     ids = {"pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
-    if seq2seq:
+    if bert2bert:
+        sizes = {"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                 "num_attention_heads": 4, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        config = EncoderDecoderConfig.from_encoder_decoder_configs(
+            BertConfig(**sizes), BertConfig(**sizes, is_decoder=True, add_cross_attention=True))
+        model = EncoderDecoderModel(config=config)
+        for settings in (model.config, model.generation_config):
+            settings.decoder_start_token_id = tokenizer.pad_token_id
+            settings.pad_token_id, settings.eos_token_id = ids["pad_token_id"], ids["eos_token_id"]
+    elif seq2seq:
         config = T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=64, d_kv=8, num_layers=2, num_decoder_layers=2,
                           num_heads=4, decoder_start_token_id=tokenizer.pad_token_id,
                           dropout_rate=0.0, **ids)  # no dropout: runs on 1 and 2 processes stay comparable
@@ -91,6 +109,12 @@ def well_trained(student: str, out) -> str:
 def well_trained_students(tiny_causal, tiny_seq2seq, tmp_path_factory) -> dict:
     return {"causal": well_trained(tiny_causal, tmp_path_factory.mktemp("causal")),
             "seq2seq": well_trained(tiny_seq2seq, tmp_path_factory.mktemp("t5"))}
+
+
+@pytest.fixture(scope="session")
+def well_trained_bert2bert(tmp_path_factory) -> str:
+    student = build_tiny_student(tmp_path_factory.mktemp("tiny-bert2bert"), seq2seq=True, bert2bert=True)
+    return well_trained(str(student), tmp_path_factory.mktemp("bert2bert"))
 
 
 @pytest.fixture(params=["causal", "seq2seq"])

@@ -11,6 +11,7 @@ from tests.conftest import run_dsbs
 
 needs_ct2 = pytest.mark.skipif(importlib.util.find_spec("ctranslate2") is None, reason="pip install -e '.[dev]'")
 needs_gguf = pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="pip install -e '.[dev]'")
+needs_onnx = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="pip install -e '.[dev]'")
 
 
 def answers(model_dir: str, inputs: list[str], with_rationale: bool) -> list[dict]:
@@ -103,3 +104,46 @@ def test_a_gguf_export_gives_the_same_greedy_answers(well_trained_students, tmp_
         pytest.skip("llama.cpp cannot run a model on this machine")
     inputs = [e.input for e in demo.load("test")[:12]]
     assert answers(str(tmp_path / "gguf"), inputs, True) == answers(student, inputs, True)
+
+
+@needs_onnx
+@pytest.mark.parametrize("family", ["bert2bert", "t5"])
+def test_an_onnx_export_gives_the_same_greedy_answers(family, well_trained_bert2bert, well_trained_students, tmp_path):
+    from dsbs.engines import engine_of, export
+
+    student = well_trained_bert2bert if family == "bert2bert" else well_trained_students["seq2seq"]
+    export(student, str(tmp_path / "onnx"), engine="onnx")
+    assert engine_of(tmp_path / "onnx") == "onnx"
+    inputs = [e.input for e in demo.load("test")[:12]]
+    exported = answers(str(tmp_path / "onnx"), inputs, True)
+    assert exported == answers(student, inputs, True)
+    assert len({a["rationale"] for a in exported}) > 1  # answers that tell inputs apart, not one string for all
+
+
+@needs_onnx
+def test_an_int8_onnx_export_agrees_and_is_evaluated(well_trained_bert2bert, tmp_path):
+    import onnx
+
+    from dsbs.engines import export
+
+    export(well_trained_bert2bert, str(tmp_path / "int8"), engine="onnx", quantization="int8")
+    for graph in ("encoder.onnx", "decoder.onnx"):  # matrix products in int8
+        assert "MatMulInteger" in {node.op_type for node in onnx.load(tmp_path / "int8" / graph).graph.node}
+    inputs = [e.input for e in demo.load("test")[:12]]
+    same = sum(a == b for a, b in zip(answers(str(tmp_path / "int8"), inputs, False),
+                                      answers(well_trained_bert2bert, inputs, False), strict=True))
+    print(f"int8 agreement with transformers on 12 inputs: {same}/12")
+    exported = str(tmp_path / "int8")
+    metrics = json.loads(run_dsbs("evaluate", "--model", exported, "--task", "demo", "--limit", "4").stdout)
+    assert metrics["n"] == 4
+    assert "int8" in (tmp_path / "int8" / "README.md").read_text()
+
+
+@needs_onnx
+def test_an_onnx_export_refuses_a_decoder_only_student(trained_student, tmp_path):
+    from dsbs.engines import export
+    from dsbs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="covers seq2seq students"):
+        export(trained_student, str(tmp_path / "onnx"), engine="onnx")
+    assert not (tmp_path / "onnx").exists()

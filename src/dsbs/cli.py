@@ -190,7 +190,7 @@ COMMANDS = {
     "serve": (cmd_serve, "HTTP service: POST /predict and OpenAI-compatible /v1/chat/completions",
               [configs.ServeConfig]),
     "predict": (cmd_predict, "label every line of a JSONL file", [configs.PredictConfig]),
-    "export": (cmd_export, "convert a student for an inference engine (CTranslate2, llama.cpp)",
+    "export": (cmd_export, "convert a student for an inference engine (CTranslate2, llama.cpp, ONNX Runtime)",
                [configs.ExportConfig]),
     "push": (cmd_push, "upload a teach output or a student, with its card, to the Hugging Face Hub",
              [configs.PushConfig]),

@@ -278,13 +278,13 @@ class ExportConfig:
 
     model: str = option(help="a student directory (a run's model/)")
     output: str = option(help="directory to write the exported student to")
-    format: Literal["ctranslate2", "llama.cpp"] = option(
-        "ctranslate2", "the engine: CTranslate2 (Llama-style and T5/BART-style students) or llama.cpp (a GGUF file; "
-        "Llama-style students)")
+    format: Literal["ctranslate2", "llama.cpp", "onnx"] = option(
+        "ctranslate2", "the engine: CTranslate2 (Llama-style and T5/BART-style students), llama.cpp (a GGUF file; "
+        "Llama-style students) or onnx (ONNX Runtime; every seq2seq student, the MiniLM BERT2BERT one included)")
     quantization: Literal["float32", "int8", "int8_float32", "bfloat16"] = option(
         "float32", "weight type (float32: the same answers as transformers; int8, Q8_0 for llama.cpp: ~4x smaller, "
         "but CTranslate2's int8 gave the SVAMP student another answer on 13% of its test set, so it is not the "
-        "default; int8_float32: CTranslate2 only)")
+        "default; int8_float32 and bfloat16: not for onnx)")
 
 
 @dataclass

@@ -1,16 +1,19 @@
-"""Inference engines: `dsbs export` writes a student for CTranslate2 or llama.cpp, and the exported
-directory answers through the same predict / evaluate / serve paths (the engine is read from its
-dsbs.json).
+"""Inference engines: `dsbs export` writes a student for CTranslate2, llama.cpp or ONNX Runtime, and
+the exported directory answers through the same predict / evaluate / serve paths (the engine is
+read from its dsbs.json).
 
 CTranslate2 runs decoder-only students (Llama-style: SmolLM2) and T5/BART-style seq2seq students
 on CPU with int8, bfloat16 or float32 weights; llama.cpp runs Llama-style decoder-only students
-from a GGUF file (float32, bfloat16, or int8 as Q8_0). Both take prompts encoded exactly as for
-transformers (as token pieces or token ids), so a student sees the tokens it was trained on.
+from a GGUF file (float32, bfloat16, or int8 as Q8_0); ONNX Runtime runs any seq2seq student,
+BERT2BERT (the MiniLM student) included, which CTranslate2 cannot convert. All take prompts encoded
+exactly as for transformers (as token pieces or token ids), so a student sees the tokens it was
+trained on.
 """
 
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 from dsbs.checkpoint import META_FILE, model_card, read_meta
@@ -19,7 +22,8 @@ from dsbs.files import replace_dir, write_atomic
 
 ENGINE_DIR = "ctranslate2"
 GGUF_FILE = "model.gguf"
-ENGINES = ("ctranslate2", "llama.cpp")
+ONNX_FILES = ("encoder.onnx", "decoder.onnx")
+ENGINES = ("ctranslate2", "llama.cpp", "onnx")
 
 
 def export(model_dir: str, output: str, engine: str = "ctranslate2", quantization: str = "float32") -> dict:
@@ -34,7 +38,7 @@ def export(model_dir: str, output: str, engine: str = "ctranslate2", quantizatio
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        (write_ctranslate2 if engine == "ctranslate2" else write_gguf)(model_dir, staging, quantization)
+        WRITERS[engine](model_dir, staging, quantization)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -69,6 +73,10 @@ EXAMPLES = {
                     'tokenizer = transformers.AutoTokenizer.from_pretrained("DIR")'],
     "llama.cpp": ["import llama_cpp", 'llm = llama_cpp.Llama("DIR/model.gguf")  # or: llama-server -m DIR/model.gguf',
                   "# prompts as dsbs encodes them (dsbs.json's prompt_form; suffix: input, newline, [label], newline)"],
+    "onnx": ["import onnxruntime",
+             'encoder = onnxruntime.InferenceSession("DIR/encoder.onnx")  # input_ids, attention_mask -> hidden states',
+             'decoder = onnxruntime.InferenceSession("DIR/decoder.onnx")  # decoder_input_ids, encoder_hidden_states,',
+             "# attention_mask -> the next token's logits; start from dsbs.json's engine.decoder_start_token_id"],
 }
 
 
@@ -253,3 +261,128 @@ class LlamaCppStudent(EngineStudent):
                         break
             results.append(ids)
         return results
+
+
+ONNX_TYPES = ("float32", "int8")
+
+
+def write_onnx(model_dir: str, staging: Path, quantization: str) -> None:
+    """A seq2seq student as two ONNX graphs (torch.export's exporter, exact to fp32 rounding): the encoder,
+    and the decoder giving the next token's logits from the tokens so far and the encoder's states. The
+    decoder reads its whole prefix at every step (no cache in the graph): labels are a few tokens, and a
+    graph without cache tensors stays one the exporter handles for every architecture. int8 quantises
+    the matrix weights after export (ONNX Runtime's dynamic quantisation)."""
+    try:
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError:
+        raise MissingDependency("an ONNX export needs ONNX Runtime: pip install 'dsbs[onnx]'") from None
+    import torch
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    if quantization not in ONNX_TYPES:
+        raise ConfigError(f"an ONNX export takes --quantization {', '.join(ONNX_TYPES)}, not {quantization}")
+    if not getattr(AutoConfig.from_pretrained(model_dir), "is_encoder_decoder", False):
+        raise ConfigError(f"an ONNX export covers seq2seq students (MiniLM, T5, BART): {model_dir} is decoder-only; "
+                          "export it with --format ctranslate2 or llama.cpp")
+    # eager attention: its masking traces to plain tensor ops for every architecture
+    model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
+    model.generation_config.save_pretrained(staging)  # the decoder's start token
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        states = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    decoder_ids = torch.tensor([[5, 6, 7], [5, 6, 7]])
+    encoder, decoder = graph_modules(model)
+    graphs = {"encoder.onnx": (encoder, (ids, mask), ["input_ids", "attention_mask"]),
+              "decoder.onnx": (decoder, (decoder_ids, states, mask),
+                               ["decoder_input_ids", "encoder_hidden_states", "attention_mask"])}
+    for name, (module, args, inputs) in graphs.items():
+        shapes = [{0: "batch", 1: "decoded" if arg == "decoder_input_ids" else "source"} for arg in inputs]
+        with warnings.catch_warnings():  # inputs sharing a dimension keep the first one's name: intended
+            warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape")
+            program = torch.onnx.export(module, args, input_names=inputs, output_names=["output"],
+                                        dynamic_shapes=shapes, dynamo=True, verbose=False)
+        program.save(str(staging / name), external_data=False)
+        if quantization == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(staging / name, staging / name, weight_type=QuantType.QInt8)
+
+
+
+def graph_modules(model):
+    """The two graphs an ONNX export holds, as modules over ``model``: encoder, and next-token decoder."""
+    import torch
+    from transformers.modeling_outputs import BaseModelOutput
+
+    # EncoderDecoderModel hands decoder_* arguments to its decoder: BERT's head then projects the last position only
+    keep_last = {"decoder_logits_to_keep": 1} if model.config.model_type == "encoder-decoder" else {}
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask):
+            return self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    class Decoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, decoder_input_ids, encoder_hidden_states, attention_mask):
+            out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
+                             attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=False,
+                             **keep_last)
+            return out.logits[:, -1]
+
+    return Encoder(), Decoder()
+
+
+class OnnxStudent(EngineStudent):
+    """An ONNX Runtime seq2seq student: the encoder once per batch, then greedy steps of the decoder graph
+    over the rows still writing."""
+
+    def __init__(self, model_dir: str, threads: int = 0):
+        try:
+            import onnxruntime
+        except ImportError:
+            raise MissingDependency("this student was exported for ONNX Runtime: pip install 'dsbs[onnx]'") from None
+        from transformers import GenerationConfig
+
+        super().__init__(model_dir, seq2seq=True)
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        self.encoder, self.decoder = (onnxruntime.InferenceSession(str(Path(model_dir) / name), options,
+                                                                   providers=["CPUExecutionProvider"])
+                                      for name in ONNX_FILES)
+        self.start_id = GenerationConfig.from_pretrained(model_dir).decoder_start_token_id
+
+    def greedy(self, prompts: list[list[int]], decoder_prefix: list[int], max_new_tokens: int) -> list[list[int]]:
+        """Token ids generated after each prompt and ``decoder_prefix``, EOS excluded."""
+        import numpy as np
+
+        width = max(map(len, prompts))
+        ids = np.array([p + [self.tokenizer.pad_token_id] * (width - len(p)) for p in prompts], dtype=np.int64)
+        mask = np.array([[1] * len(p) + [0] * (width - len(p)) for p in prompts], dtype=np.int64)
+        states = self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        written = np.array([[self.start_id] + decoder_prefix] * len(prompts), dtype=np.int64)
+        results: list[list[int]] = [[] for _ in prompts]
+        active = np.arange(len(prompts))  # rows that have not written EOS yet
+        for _ in range(max_new_tokens):
+            logits = self.decoder.run(None, {"decoder_input_ids": written, "encoder_hidden_states": states,
+                                             "attention_mask": mask})[0]
+            tokens = logits.argmax(-1)
+            going = tokens != self.tokenizer.eos_token_id
+            for row, token in zip(active[going], tokens[going], strict=True):
+                results[row].append(int(token))
+            active, states, mask = active[going], states[going], mask[going]
+            written = np.concatenate([written[going], tokens[going, None]], axis=1)
+            if not len(active):
+                break
+        return results
+
+
+WRITERS = {"ctranslate2": write_ctranslate2, "llama.cpp": write_gguf, "onnx": write_onnx}

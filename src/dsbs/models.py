@@ -117,7 +117,7 @@ def load_student(name: str, for_inference: bool = False, precision: str = "fp32"
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    from dsbs.engines import CT2Student, LlamaCppStudent, engine_of
+    from dsbs.engines import CT2Student, LlamaCppStudent, OnnxStudent, engine_of
 
     engine = engine_of(name)
     if engine:  # a student exported for an inference engine (dsbs export)
@@ -126,7 +126,7 @@ def load_student(name: str, for_inference: bool = False, precision: str = "fp32"
         if precision != "fp32":
             raise UserError(f"{name} was exported for {engine} and computes in the type it was exported in: "
                             "--precision applies to a transformers student")
-        student = (CT2Student if engine == "ctranslate2" else LlamaCppStudent)(name)
+        student = {"ctranslate2": CT2Student, "llama.cpp": LlamaCppStudent, "onnx": OnnxStudent}[engine](name)
         return student, student.tokenizer
     path = resolve_student(name)
     config = AutoConfig.from_pretrained(path)

@@ -271,7 +271,7 @@ def write_onnx(model_dir: str, staging: Path, quantization: str) -> None:
     and the decoder giving the next token's logits from the tokens so far and the encoder's states. The
     decoder reads its whole prefix at every step (no cache in the graph): labels are a few tokens, and a
     graph without cache tensors stays one the exporter handles for every architecture. int8 quantises
-    the matrix weights after export (ONNX Runtime's dynamic quantisation)."""
+    the matrix weights after export (ONNX Runtime's dynamic quantisation, scales per output channel)."""
     try:
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
@@ -307,7 +307,8 @@ def write_onnx(model_dir: str, staging: Path, quantization: str) -> None:
         if quantization == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
-            quantize_dynamic(staging / name, staging / name, weight_type=QuantType.QInt8)
+            # per output channel: on the MiniLM SVAMP student 0.805 of the answers stayed the same, 0.655 per tensor
+            quantize_dynamic(staging / name, staging / name, weight_type=QuantType.QInt8, per_channel=True)
 
 
 

@@ -121,6 +121,20 @@ def test_an_onnx_export_gives_the_same_greedy_answers(family, well_trained_bert2
 
 
 @needs_onnx
+def test_an_onnx_export_chooses_labels_as_the_transformers_student_does(well_trained_bert2bert, tmp_path):
+    from dsbs.engines import export
+    from tests.test_inference import greedy_and_chosen
+
+    export(well_trained_bert2bert, str(tmp_path / "onnx"), engine="onnx")
+    # the greedy answer, one that begins like it (read on to EOS), and one it would not write
+    choices = lambda g: (f"{g} and 7", g, "zebra")  # noqa: E731
+    greedy, chosen = greedy_and_chosen(str(tmp_path / "onnx"), choices)
+    assert any(greedy) and chosen == greedy
+    assert greedy_and_chosen(well_trained_bert2bert, lambda g: (f"{g}0", "zebra")) == \
+        greedy_and_chosen(str(tmp_path / "onnx"), lambda g: (f"{g}0", "zebra"))
+
+
+@needs_onnx
 def test_an_int8_onnx_export_agrees_and_is_evaluated(well_trained_bert2bert, tmp_path):
     import onnx
 

@@ -361,14 +361,32 @@ class OnnxStudent(EngineStudent):
                                       for name in ONNX_FILES)
         self.start_id = GenerationConfig.from_pretrained(model_dir).decoder_start_token_id
 
-    def greedy(self, prompts: list[list[int]], decoder_prefix: list[int], max_new_tokens: int) -> list[list[int]]:
-        """Token ids generated after each prompt and ``decoder_prefix``, EOS excluded."""
+    def encode(self, prompts: list[list[int]]):
+        """(encoder states, attention mask) of right-padded prompts."""
         import numpy as np
 
         width = max(map(len, prompts))
         ids = np.array([p + [self.tokenizer.pad_token_id] * (width - len(p)) for p in prompts], dtype=np.int64)
         mask = np.array([[1] * len(p) + [0] * (width - len(p)) for p in prompts], dtype=np.int64)
-        states = self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        return self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})[0], mask
+
+    def next_token_logits(self, prompts: list[tuple[list[int], list[int]]], written: list[list[int]]):
+        """Logits of the token after each (prompt ids, decoder prefix ids) and the tokens already written, as
+        dsbs.inference.next_token_logits gives them for a transformers student (so --choices works here too)."""
+        import numpy as np
+        import torch
+
+        states, mask = self.encode([p for p, _ in prompts])
+        decoder = [[self.start_id] + prefix + w for (_, prefix), w in zip(prompts, written, strict=True)]
+        logits = self.decoder.run(None, {"decoder_input_ids": np.array(decoder, dtype=np.int64),
+                                         "encoder_hidden_states": states, "attention_mask": mask})[0]
+        return torch.from_numpy(logits)
+
+    def greedy(self, prompts: list[list[int]], decoder_prefix: list[int], max_new_tokens: int) -> list[list[int]]:
+        """Token ids generated after each prompt and ``decoder_prefix``, EOS excluded."""
+        import numpy as np
+
+        states, mask = self.encode(prompts)
         written = np.array([[self.start_id] + decoder_prefix] * len(prompts), dtype=np.int64)
         results: list[list[int]] = [[] for _ in prompts]
         active = np.arange(len(prompts))  # rows that have not written EOS yet

@@ -87,6 +87,8 @@ def next_token_logits(model, tokenizer, prompts: list[tuple[list[int], list[int]
     """Logits of the token after each (prompt ids, decoder prefix ids) and the tokens already written."""
     import torch
 
+    if hasattr(model, "next_token_logits"):  # an engine that gives logits (dsbs.engines.OnnxStudent)
+        return model.next_token_logits(prompts, written)
     device = model.device
     with torch.inference_mode():
         if is_seq2seq(model.config):
@@ -147,8 +149,9 @@ def predict(model, tokenizer, meta: dict, inputs: list[str], *, with_rationale: 
         return results
     if choices is None:
         labels = generate(model, tokenizer, inputs, max_new_tokens=meta["label_max_tokens"], **limits)
-    elif hasattr(model, "greedy"):
-        raise UserError("--choices reads the student's logits: it needs a transformers student, not an export")
+    elif hasattr(model, "greedy") and not hasattr(model, "next_token_logits"):
+        raise UserError("--choices reads the student's logits: it needs a transformers student or an ONNX export, "
+                        "not this export")
     else:
         labels = choose(model, tokenizer, inputs, choices, max_input_tokens=meta["max_input_tokens"],
                         max_target_tokens=meta["max_target_tokens"], form=limits["form"], batch_size=batch_size)

@@ -76,7 +76,8 @@ EXAMPLES = {
     "onnx": ["import onnxruntime",
              'encoder = onnxruntime.InferenceSession("DIR/encoder.onnx")  # input_ids, attention_mask -> hidden states',
              'decoder = onnxruntime.InferenceSession("DIR/decoder.onnx")  # decoder_input_ids, encoder_hidden_states,',
-             "# attention_mask -> the next token's logits; start from dsbs.json's engine.decoder_start_token_id"],
+             "# attention_mask -> the next token's logits; decoding starts from generation_config.json's",
+             "# decoder_start_token_id"],
 }
 
 
@@ -288,8 +289,8 @@ def write_onnx(model_dir: str, staging: Path, quantization: str) -> None:
     # eager attention: its masking traces to plain tensor ops for every architecture
     model = AutoModelForSeq2SeqLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
     model.generation_config.save_pretrained(staging)  # the decoder's start token
-    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0]])
-    mask = (ids != 0).long()
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0]])  # example inputs to trace with; every size stays dynamic
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
     with torch.no_grad():
         states = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     decoder_ids = torch.tensor([[5, 6, 7], [5, 6, 7]])
@@ -309,7 +310,6 @@ def write_onnx(model_dir: str, staging: Path, quantization: str) -> None:
 
             # per output channel: on the MiniLM SVAMP student 0.805 of the answers stayed the same, 0.655 per tensor
             quantize_dynamic(staging / name, staging / name, weight_type=QuantType.QInt8, per_channel=True)
-
 
 
 def graph_modules(model):

@@ -35,6 +35,7 @@ def test_a_float32_export_gives_the_same_greedy_answers(family, well_trained_stu
     assert answers(str(tmp_path / "ct2"), inputs, True) == answers(student, inputs, True)
     card = (tmp_path / "ct2" / "README.md").read_text()
     assert "Exported for an inference engine" in card and "float32" in card
+    assert "Load with plain transformers" not in card  # no transformers weights in an export
 
 
 @needs_ct2

@@ -65,6 +65,10 @@ def model_card(meta: dict) -> str:
         f"| prompt form | {form} (the task marker {'after' if form == 'suffix' else 'before'} the input) |",
         f"| training examples | {meta.get('train_examples')} |", f"| optimizer steps | {meta.get('step')} |",
         f"| validation accuracy | {'n/a' if accuracy is None else f'{accuracy:.4f}'} |", "",
+    ]
+    if meta.get("engine"):  # an export holds the engine's files, not transformers weights: its note says how to load
+        return "\n".join(lines)
+    lines += [
         "## Load with plain transformers", "", "```python",
         f"from transformers import {loader}, AutoTokenizer",
         f'model = {loader}.from_pretrained("path/to/this/dir")',

@@ -45,7 +45,7 @@ def export(model_dir: str, output: str, engine: str = "ctranslate2", quantizatio
     AutoTokenizer.from_pretrained(model_dir).save_pretrained(staging)
     exported = {**meta, "engine": {"name": engine, "quantization": quantization, "exported_from": str(model_dir)}}
     write_atomic(staging / META_FILE, json.dumps(exported, indent=2))
-    write_atomic(staging / "README.md", model_card(meta) + export_note(exported))
+    write_atomic(staging / "README.md", model_card(exported) + export_note(exported))
     replace_dir(staging, target)
     return {"output": str(target), "engine": engine, "quantization": quantization}
 

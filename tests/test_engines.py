@@ -128,8 +128,7 @@ def test_an_onnx_export_chooses_labels_as_the_transformers_student_does(well_tra
 
     export(well_trained_bert2bert, str(tmp_path / "onnx"), engine="onnx")
     # the greedy answer, one that begins like it (read on to EOS), and one it would not write
-    choices = lambda g: (f"{g} and 7", g, "zebra")  # noqa: E731
-    greedy, chosen = greedy_and_chosen(str(tmp_path / "onnx"), choices)
+    greedy, chosen = greedy_and_chosen(str(tmp_path / "onnx"), lambda g: (f"{g} and 7", g, "zebra"))
     assert any(greedy) and chosen == greedy
     assert greedy_and_chosen(well_trained_bert2bert, lambda g: (f"{g}0", "zebra")) == \
         greedy_and_chosen(str(tmp_path / "onnx"), lambda g: (f"{g}0", "zebra"))

@@ -107,31 +107,39 @@ def test_a_gguf_export_gives_the_same_greedy_answers(well_trained_students, tmp_
     assert answers(str(tmp_path / "gguf"), inputs, True) == answers(student, inputs, True)
 
 
+@pytest.fixture(scope="module")
+def onnx_exports(well_trained_bert2bert, well_trained_students, tmp_path_factory) -> dict:
+    """{family: (transformers student, its float32 ONNX export)} for a tiny BERT2BERT and a tiny T5."""
+    from dsbs.engines import export
+
+    students = {"bert2bert": well_trained_bert2bert, "t5": well_trained_students["seq2seq"]}
+    return {family: (student, export(student, str(tmp_path_factory.mktemp(family) / "onnx"), engine="onnx")["output"])
+            for family, student in students.items()}
+
+
 @needs_onnx
 @pytest.mark.parametrize("family", ["bert2bert", "t5"])
-def test_an_onnx_export_gives_the_same_greedy_answers(family, well_trained_bert2bert, well_trained_students, tmp_path):
-    from dsbs.engines import engine_of, export
+def test_an_onnx_export_gives_the_same_greedy_answers(family, onnx_exports):
+    from dsbs.engines import engine_of
 
-    student = well_trained_bert2bert if family == "bert2bert" else well_trained_students["seq2seq"]
-    export(student, str(tmp_path / "onnx"), engine="onnx")
-    assert engine_of(tmp_path / "onnx") == "onnx"
+    student, exported = onnx_exports[family]
+    assert engine_of(exported) == "onnx"
     inputs = [e.input for e in demo.load("test")[:12]]
-    exported = answers(str(tmp_path / "onnx"), inputs, True)
-    assert exported == answers(student, inputs, True)
-    assert len({a["rationale"] for a in exported}) > 1  # answers that tell inputs apart, not one string for all
+    answered = answers(exported, inputs, True)
+    assert answered == answers(student, inputs, True)
+    assert len({a["rationale"] for a in answered}) > 1  # answers that tell inputs apart, not one string for all
 
 
 @needs_onnx
-def test_an_onnx_export_chooses_labels_as_the_transformers_student_does(well_trained_bert2bert, tmp_path):
-    from dsbs.engines import export
+def test_an_onnx_export_chooses_labels_as_the_transformers_student_does(onnx_exports):
     from tests.test_inference import greedy_and_chosen
 
-    export(well_trained_bert2bert, str(tmp_path / "onnx"), engine="onnx")
+    student, exported = onnx_exports["bert2bert"]
     # the greedy answer, one that begins like it (read on to EOS), and one it would not write
-    greedy, chosen = greedy_and_chosen(str(tmp_path / "onnx"), lambda g: (f"{g} and 7", g, "zebra"))
+    greedy, chosen = greedy_and_chosen(exported, lambda g: (f"{g} and 7", g, "zebra"))
     assert any(greedy) and chosen == greedy
-    assert greedy_and_chosen(well_trained_bert2bert, lambda g: (f"{g}0", "zebra")) == \
-        greedy_and_chosen(str(tmp_path / "onnx"), lambda g: (f"{g}0", "zebra"))
+    assert greedy_and_chosen(student, lambda g: (f"{g}0", "zebra")) == \
+        greedy_and_chosen(exported, lambda g: (f"{g}0", "zebra"))
 
 
 @needs_onnx

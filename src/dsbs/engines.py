@@ -22,7 +22,7 @@ from dsbs.files import replace_dir, write_atomic
 
 ENGINE_DIR = "ctranslate2"
 GGUF_FILE = "model.gguf"
-ONNX_FILES = ("encoder.onnx", "decoder.onnx")
+ONNX_FILES = ("encoder.onnx", "decoder.onnx", "decoder_step.onnx")
 ENGINES = ("ctranslate2", "llama.cpp", "onnx")
 
 
@@ -75,9 +75,10 @@ EXAMPLES = {
                   "# prompts as dsbs encodes them (dsbs.json's prompt_form; suffix: input, newline, [label], newline)"],
     "onnx": ["import onnxruntime",
              'encoder = onnxruntime.InferenceSession("DIR/encoder.onnx")  # input_ids, attention_mask -> hidden states',
-             'decoder = onnxruntime.InferenceSession("DIR/decoder.onnx")  # decoder_input_ids, encoder_hidden_states,',
-             "# attention_mask -> the next token's logits; decoding starts from generation_config.json's",
-             "# decoder_start_token_id"],
+             'first = onnxruntime.InferenceSession("DIR/decoder.onnx")  # decoder_input_ids, encoder_hidden_states,',
+             "#   attention_mask -> next token's logits, past, cross (start: decoder_start_token_id)",
+             'step = onnxruntime.InferenceSession("DIR/decoder_step.onnx")  # one new token, ..., past, cross',
+             "#   -> next token's logits, past"],
 }
 
 
@@ -268,11 +269,11 @@ ONNX_TYPES = ("float32", "int8")
 
 
 def write_onnx(model_dir: str, staging: Path, quantization: str) -> None:
-    """A seq2seq student as two ONNX graphs (torch.export's exporter, exact to fp32 rounding): the encoder,
-    and the decoder giving the next token's logits from the tokens so far and the encoder's states. The
-    decoder reads its whole prefix at every step (no cache in the graph): labels are a few tokens, and a
-    graph without cache tensors stays one the exporter handles for every architecture. int8 quantises
-    the matrix weights after export (ONNX Runtime's dynamic quantisation, scales per output channel)."""
+    """A seq2seq student as three ONNX graphs (PyTorch's exporter, exact to fp32 rounding): the encoder;
+    the decoder's first pass over the tokens it starts from, giving the next token's logits and the
+    attention keys and values of this pass (self) and of the encoder's states (cross); and a decoder
+    step that reads one new token against those caches. int8 quantises the matrix weights after export
+    (ONNX Runtime's dynamic quantisation, scales per output channel)."""
     try:
         import onnxruntime  # noqa: F401
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
@@ -291,19 +292,22 @@ def write_onnx(model_dir: str, staging: Path, quantization: str) -> None:
     model.generation_config.save_pretrained(staging)  # the decoder's start token
     ids = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0]])  # example inputs to trace with; every size stays dynamic
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    encoder, first, step = graph_modules(model)
     with torch.no_grad():
-        states = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-    decoder_ids = torch.tensor([[5, 6, 7], [5, 6, 7]])
-    encoder, decoder = graph_modules(model)
+        states = encoder(ids, mask)
+        _, past, cross = first(ids[:, :3], states, mask)
+    decoder = ["decoder_input_ids", "encoder_hidden_states", "attention_mask"]
+    axes = {"input_ids": {0: "batch", 1: "source"}, "attention_mask": {0: "batch", 1: "source"},
+            "encoder_hidden_states": {0: "batch", 1: "source"}, "decoder_input_ids": {0: "batch", 1: "new"},
+            "past": {2: "batch", 4: "written"}, "cross": {2: "batch", 4: "source"}}
     graphs = {"encoder.onnx": (encoder, (ids, mask), ["input_ids", "attention_mask"]),
-              "decoder.onnx": (decoder, (decoder_ids, states, mask),
-                               ["decoder_input_ids", "encoder_hidden_states", "attention_mask"])}
+              "decoder.onnx": (first, (ids[:, :3], states, mask), decoder),
+              "decoder_step.onnx": (step, (ids[:, :1], states, mask, past, cross), decoder + ["past", "cross"])}
     for name, (module, args, inputs) in graphs.items():
-        shapes = [{0: "batch", 1: "decoded" if arg == "decoder_input_ids" else "source"} for arg in inputs]
         with warnings.catch_warnings():  # inputs sharing a dimension keep the first one's name: intended
             warnings.filterwarnings("ignore", message=".*will not be used, since it shares the same shape")
-            program = torch.onnx.export(module, args, input_names=inputs, output_names=["output"],
-                                        dynamic_shapes=shapes, dynamo=True, verbose=False)
+            program = torch.onnx.export(module, args, input_names=inputs, dynamic_shapes=[axes[i] for i in inputs],
+                                        dynamo=True, verbose=False)
         program.save(str(staging / name), external_data=False)
         if quantization == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -313,12 +317,30 @@ def write_onnx(model_dir: str, staging: Path, quantization: str) -> None:
 
 
 def graph_modules(model):
-    """The two graphs an ONNX export holds, as modules over ``model``: encoder, and next-token decoder."""
+    """The graphs of an ONNX export as modules over ``model``: encoder, decoder's first pass, decoder step.
+
+    The caches travel between the decoder graphs as two tensors (layers, key|value, batch, heads, length,
+    head size), rebuilt into transformers' cache inside the graph."""
     import torch
+    from transformers import DynamicCache, EncoderDecoderCache
     from transformers.modeling_outputs import BaseModelOutput
 
     # EncoderDecoderModel hands decoder_* arguments to its decoder: BERT's head then projects the last position only
     keep_last = {"decoder_logits_to_keep": 1} if model.config.model_type == "encoder-decoder" else {}
+
+    def stacked(cache):
+        return torch.stack([torch.stack([layer.keys, layer.values]) for layer in cache.layers])
+
+    def rebuilt(tensor):
+        cache = DynamicCache()
+        for layer in range(tensor.shape[0]):
+            cache.update(tensor[layer, 0], tensor[layer, 1], layer)
+        return cache
+
+    def decode(decoder_input_ids, encoder_hidden_states, attention_mask, cache):
+        return model(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
+                     attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, past_key_values=cache,
+                     use_cache=True, **keep_last)
 
     class Encoder(torch.nn.Module):
         def __init__(self):
@@ -328,23 +350,26 @@ def graph_modules(model):
         def forward(self, input_ids, attention_mask):
             return self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
-    class Decoder(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
+    class First(Encoder):
         def forward(self, decoder_input_ids, encoder_hidden_states, attention_mask):
-            out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=encoder_hidden_states),
-                             attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=False,
-                             **keep_last)
-            return out.logits[:, -1]
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            out = decode(decoder_input_ids, encoder_hidden_states, attention_mask, cache)
+            caches = out.past_key_values
+            return out.logits[:, -1], stacked(caches.self_attention_cache), stacked(caches.cross_attention_cache)
 
-    return Encoder(), Decoder()
+    class Step(Encoder):
+        def forward(self, decoder_input_ids, encoder_hidden_states, attention_mask, past, cross):
+            cache = EncoderDecoderCache(rebuilt(past), rebuilt(cross))
+            cache.is_updated = dict.fromkeys(range(cross.shape[0]), True)  # the cross keys and values are given
+            out = decode(decoder_input_ids, encoder_hidden_states, attention_mask, cache)
+            return out.logits[:, -1], stacked(out.past_key_values.self_attention_cache)
+
+    return Encoder(), First(), Step()
 
 
 class OnnxStudent(EngineStudent):
-    """An ONNX Runtime seq2seq student: the encoder once per batch, then greedy steps of the decoder graph
-    over the rows still writing."""
+    """An ONNX Runtime seq2seq student: the encoder once per batch, the decoder's first pass, then greedy
+    steps of one token over the rows still writing, against the cached keys and values."""
 
     def __init__(self, model_dir: str, threads: int = 0):
         try:
@@ -356,9 +381,9 @@ class OnnxStudent(EngineStudent):
         super().__init__(model_dir, seq2seq=True)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
-        self.encoder, self.decoder = (onnxruntime.InferenceSession(str(Path(model_dir) / name), options,
-                                                                   providers=["CPUExecutionProvider"])
-                                      for name in ONNX_FILES)
+        self.encoder, self.decoder, self.step = (
+            onnxruntime.InferenceSession(str(Path(model_dir) / name), options, providers=["CPUExecutionProvider"])
+            for name in ONNX_FILES)
         self.start_id = GenerationConfig.from_pretrained(model_dir).decoder_start_token_id
 
     def encode(self, prompts: list[list[int]]):
@@ -370,37 +395,42 @@ class OnnxStudent(EngineStudent):
         mask = np.array([[1] * len(p) + [0] * (width - len(p)) for p in prompts], dtype=np.int64)
         return self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})[0], mask
 
+    def first_pass(self, decoder_ids, states, mask):
+        """(next-token logits, self cache, cross cache) after the decoder reads ``decoder_ids``."""
+        import numpy as np
+
+        return self.decoder.run(None, {"decoder_input_ids": np.asarray(decoder_ids, dtype=np.int64),
+                                       "encoder_hidden_states": states, "attention_mask": mask})
+
     def next_token_logits(self, prompts: list[tuple[list[int], list[int]]], written: list[list[int]]):
         """Logits of the token after each (prompt ids, decoder prefix ids) and the tokens already written, as
         dsbs.inference.next_token_logits gives them for a transformers student (so --choices works here too)."""
-        import numpy as np
         import torch
 
         states, mask = self.encode([p for p, _ in prompts])
         decoder = [[self.start_id] + prefix + w for (_, prefix), w in zip(prompts, written, strict=True)]
-        logits = self.decoder.run(None, {"decoder_input_ids": np.array(decoder, dtype=np.int64),
-                                         "encoder_hidden_states": states, "attention_mask": mask})[0]
-        return torch.from_numpy(logits)
+        return torch.from_numpy(self.first_pass(decoder, states, mask)[0])
 
     def greedy(self, prompts: list[list[int]], decoder_prefix: list[int], max_new_tokens: int) -> list[list[int]]:
         """Token ids generated after each prompt and ``decoder_prefix``, EOS excluded."""
         import numpy as np
 
         states, mask = self.encode(prompts)
-        written = np.array([[self.start_id] + decoder_prefix] * len(prompts), dtype=np.int64)
+        logits, past, cross = self.first_pass([[self.start_id] + decoder_prefix] * len(prompts), states, mask)
         results: list[list[int]] = [[] for _ in prompts]
         active = np.arange(len(prompts))  # rows that have not written EOS yet
-        for _ in range(max_new_tokens):
-            logits = self.decoder.run(None, {"decoder_input_ids": written, "encoder_hidden_states": states,
-                                             "attention_mask": mask})[0]
+        for step in range(max_new_tokens):
             tokens = logits.argmax(-1)
             going = tokens != self.tokenizer.eos_token_id
             for row, token in zip(active[going], tokens[going], strict=True):
                 results[row].append(int(token))
             active, states, mask = active[going], states[going], mask[going]
-            written = np.concatenate([written[going], tokens[going, None]], axis=1)
-            if not len(active):
+            if not len(active) or step == max_new_tokens - 1:
                 break
+            logits, past = self.step.run(None, {"decoder_input_ids": tokens[going, None].astype(np.int64),
+                                                "encoder_hidden_states": states, "attention_mask": mask,
+                                                "past": past[:, :, going], "cross": cross[:, :, going]})
+            cross = cross[:, :, going]
         return results
 
 

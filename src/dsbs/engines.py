@@ -343,7 +343,7 @@ def graph_modules(model):
                      use_cache=True, **keep_last)
 
     class Encoder(torch.nn.Module):
-        def __init__(self):
+        def __init__(self):  # the model as a submodule, so that its weights become the graph's initializers
             super().__init__()
             self.model = model
 

@@ -36,7 +36,7 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--teacher-items", type=int, default=8)
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    parser.add_argument("--precision", choices=["fp32", "bf16", "bf16-mixed"], default="fp32",
                         help="a transformers student's weights")
     parser.add_argument("--choices", action="store_true", help="label-only chooses from the task's label set")
     parser.add_argument("--skip-rationale", action="store_true", help="leave out the rationale-first rows")

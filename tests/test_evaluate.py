@@ -103,3 +103,30 @@ def test_bf16_inference_loads_bf16_weights_and_says_so(trained):
     assert ok.returncode == 0, ok.stderr
     metrics = json.loads(ok.stdout)
     assert metrics["precision"] == "bf16" and metrics["n"] == 4
+
+
+@pytest.mark.parametrize("family", ["causal", "seq2seq"])
+def test_bf16_mixed_keeps_the_residual_stream_in_fp32_and_the_answers(well_trained_students, family):
+    import torch
+
+    from dsbs.checkpoint import read_meta
+    from dsbs.inference import predict
+    from dsbs.models import load_student
+
+    student = well_trained_students[family]
+    models = {p: load_student(student, for_inference=True, precision=p) for p in ("fp32", "bf16", "bf16-mixed")}
+    mixed, tokenizer = models["bf16-mixed"]
+    linears = [m for m in mixed.modules() if isinstance(m, torch.nn.Linear)]
+    assert {m.weight.dtype for m in linears if m is not mixed.get_output_embeddings()} == {torch.bfloat16}
+    assert mixed.get_output_embeddings().weight.dtype == mixed.get_input_embeddings().weight.dtype == torch.float32
+    batch = tokenizer(["3 bags of 4 apples, then 2 more: how many?"], return_tensors="pt")
+    if family == "seq2seq":
+        batch["decoder_input_ids"] = torch.tensor([[mixed.config.decoder_start_token_id]])
+    with torch.inference_mode():
+        logits = {p: m(**batch).logits.float() for p, (m, _) in models.items()}
+    assert logits["bf16-mixed"].dtype == torch.float32
+    error = {p: (logits[p] - logits["fp32"]).abs().max().item() for p in ("bf16", "bf16-mixed")}
+    assert 0 < error["bf16-mixed"] < error["bf16"], error
+    inputs = [e.input for e in demo.load("test")[:8]]
+    answers = {p: predict(m, tok, read_meta(student), inputs) for p, (m, tok) in models.items() if p != "bf16"}
+    assert answers["bf16-mixed"] == answers["fp32"]

@@ -139,7 +139,30 @@ def load_student(name: str, for_inference: bool = False, precision: str = "fp32"
 
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         model.to("cuda" if torch.cuda.is_available() else "cpu", dtype=dtype).eval()
+        if precision == "bf16-mixed":
+            bf16_matmuls(model)
     return model, tokenizer
+
+
+def bf16_matmuls(model) -> None:
+    """Matrix products in bf16, everything else in fp32: each linear layer but the output head keeps bf16 weights
+    and casts its input in and its output back. Rounding then never accumulates in the residual stream, which is
+    what changes answers when the whole model runs in bf16."""
+    from functools import partial
+
+    import torch
+
+    head = model.get_output_embeddings()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module is not head:
+            module.to(torch.bfloat16)
+            module.forward = partial(linear_in_weight_dtype, module)
+
+
+def linear_in_weight_dtype(module, x):
+    from torch.nn.functional import linear
+
+    return linear(x.to(module.weight.dtype), module.weight, module.bias).to(x.dtype)
 
 
 def prepare_tokenizer(tokenizer, model) -> None:

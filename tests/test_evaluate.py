@@ -123,9 +123,9 @@ def test_bf16_mixed_keeps_the_residual_stream_in_fp32_and_the_answers(well_train
     if family == "seq2seq":
         batch["decoder_input_ids"] = torch.tensor([[mixed.config.decoder_start_token_id]])
     with torch.inference_mode():
-        logits = {p: m(**batch).logits.float() for p, (m, _) in models.items()}
-    assert logits["bf16-mixed"].dtype == torch.float32
-    error = {p: (logits[p] - logits["fp32"]).abs().max().item() for p in ("bf16", "bf16-mixed")}
+        logits = {p: m(**batch).logits for p, (m, _) in models.items()}
+    assert logits["bf16-mixed"].dtype == torch.float32 and logits["bf16"].dtype == torch.bfloat16
+    error = {p: (logits[p].float() - logits["fp32"]).abs().max().item() for p in ("bf16", "bf16-mixed")}
     assert 0 < error["bf16-mixed"] < error["bf16"], error
     inputs = [e.input for e in demo.load("test")[:8]]
     answers = {p: predict(m, tok, read_meta(student), inputs) for p, (m, tok) in models.items() if p != "bf16"}

@@ -113,7 +113,8 @@ def load_student(name: str, for_inference: bool = False, precision: str = "fp32"
     """(model, tokenizer) for a local directory, a hub name or the built-in default.
 
     ``for_inference`` puts the model in eval mode on the GPU when there is one, its weights in
-    ``precision`` (an exported student computes in the type it was exported in).
+    ``precision`` (bf16-mixed: bf16 matrix products only; an exported student computes in the type it was
+    exported in).
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 

@@ -18,6 +18,9 @@ machine-readable: engine=... label_inputs_per_s_batched=... label_inputs_per_s_b
 
 import argparse
 import time
+import typing
+
+from dsbs.configs import InferencePrecision
 
 TEACHER_PARAMS_PAPER = 540e9  # PaLM, whose rationales the paper's data holds
 
@@ -36,8 +39,8 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=32)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--teacher-items", type=int, default=8)
-    parser.add_argument("--precision", choices=["fp32", "bf16", "bf16-mixed"], default="fp32",
-                        help="a transformers student's weights")
+    parser.add_argument("--precision", choices=typing.get_args(InferencePrecision), default="fp32",
+                        help="a transformers student's arithmetic, as in dsbs evaluate")
     parser.add_argument("--choices", action="store_true", help="label-only chooses from the task's label set")
     parser.add_argument("--skip-rationale", action="store_true", help="leave out the rationale-first rows")
     args = parser.parse_args()

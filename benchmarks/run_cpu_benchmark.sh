@@ -7,8 +7,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-../bench-runs}
 dsbs=${DSBS:-.venv/bin/dsbs}
-for recipe in cpu-esnli-core cpu-esnli-prefix cpu-esnli cpu-svamp cpu-esnli-levers cpu-esnli-budget; do
-    case $recipe in cpu-svamp) out=$runs/cpu-svamp ;; *) out=$runs/cpu-esnli ;; esac
+for recipe in cpu-esnli-core cpu-esnli-prefix cpu-esnli cpu-svamp cpu-esnli-levers cpu-esnli-budget cpu-svamp-last; do
+    case $recipe in cpu-svamp*) out=$runs/cpu-svamp ;; *) out=$runs/cpu-esnli ;; esac
     "$dsbs" experiment "recipes/$recipe.yaml" --output "$out" || exit $?
 done
 "$dsbs" report "$runs/cpu-esnli"

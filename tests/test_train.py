@@ -66,6 +66,18 @@ def test_loss_falls_and_every_weight_changes(tiny_student, tmp_path):
     assert not unchanged
 
 
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_model_dir_holds_the_best_validated_step_or_the_last(keep, tiny_causal, tmp_path):
+    summary = train(DEMO, quick_config(tiny_causal, tmp_path, max_steps=6, eval_interval=2, keep_model=keep))
+    checks = [r for r in log_records(tmp_path) if "val_accuracy" in r]
+    assert [r["step"] for r in checks] == [2, 4, 6]
+    accuracies = [r["val_accuracy"] for r in checks]
+    kept = 6 if keep == "last" else checks[accuracies.index(max(accuracies))]["step"]
+    assert summary["best_step"] == kept
+    assert json.loads((tmp_path / "model" / "dsbs.json").read_text())["step"] == kept
+    assert [r["step"] for r in checks if r["best"]][-1] == kept
+
+
 def test_phase_times_account_for_the_whole_step(tiny_causal, tmp_path):
     train(DEMO, quick_config(tiny_causal, tmp_path, method="dsbs", max_steps=4, log_interval=2, phase_times=True))
     lines = [r for r in log_records(tmp_path) if "loss" in r]

@@ -56,7 +56,7 @@ class TrainConfig:
                                 "as two tasks), single_task (target = rationale, then label)")
     student: str = option(DEFAULT_STUDENT, "local directory, hub name, or a built-in student: "
                           + ", ".join(BUILT_IN_NAMES))
-    output: str = option("runs/train", "run directory: checkpoints/, model/ (best by validation), log.jsonl, "
+    output: str = option("runs/train", "run directory: checkpoints/, model/ (see --keep-model), log.jsonl, "
                          "train_config.json")
     label_source: Literal["gold", "teacher"] = option("gold", "labels for dsbs and single_task: gold (fine-tuning "
                                                       "setting) or teacher (unlabeled setting)")
@@ -88,6 +88,9 @@ class TrainConfig:
     max_target_tokens: int = option(256, "target tokens kept per item (rationales are the long ones)")
     eval_interval: int = option(0, "validate every N steps (0: only at the end)")
     eval_limit: int | None = option(None, "validate on at most N examples")
+    keep_model: Literal["best", "last"] = option("best", "which step model/ holds: best (the highest validation "
+                                                 "accuracy, ties keeping the earlier step) or last (validation "
+                                                 "only logged: with few validation rows the best step is noisy)")
     eval_batch_size: int = option(32, "inputs per generation batch during validation")
     save_interval: int | None = option(None, "checkpoint every N steps (default: the eval interval, else every "
                                        "10% of the run)")

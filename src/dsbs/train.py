@@ -434,7 +434,7 @@ def validation_accuracy(model, tokenizer, meta, task, rows, batch_size) -> float
 
 
 def validate(run: Run, log) -> None:
-    """Accuracy on the validation rows; the best model so far is saved as model/."""
+    """Accuracy on the validation rows; the best model so far (or the last step's) is saved as model/."""
     # A sharded model generates only with every process taking part (transformers keeps them in step).
     if not run.val_rows or not (run.main or run.config.fsdp):
         return
@@ -443,7 +443,10 @@ def validate(run: Run, log) -> None:
     accuracy = validation_accuracy(run.model, run.tokenizer, run.meta, run.task, run.val_rows,
                                    run.config.eval_batch_size)
     run.model.train()
-    improved = run.best["accuracy"] is None or accuracy > run.best["accuracy"]
+    if run.config.keep_model == "last":
+        improved = run.step == run.max_steps
+    else:
+        improved = run.best["accuracy"] is None or accuracy > run.best["accuracy"]
     if improved:
         run.best.update(accuracy=accuracy, step=run.step)
         weights, _ = gather(run.model, run.optimizer, run.config.fsdp)

@@ -182,3 +182,26 @@ def test_the_teacher_is_compared_with_every_seed():
              {"seed": 1, "test_correct": "1100", "teacher_test_correct": "1000"}]
     d = paired(lines, teacher_lines({"dsbs": {1.0: lines}}))
     assert d.seeds == 2 and d.diff == pytest.approx(100 * (0.75 - 0.25))
+
+
+def test_budget_curve_joins_the_runs_that_differ_only_in_length(tmp_path):
+    from dsbs.report import budget_curves, group_results
+
+    def line(method, variant, seed, correct, steps, **settings):
+        return {"run": f"{method}{variant}{seed}", "task": "demo", "student": "s", "method": method, "seed": seed,
+                "fraction": 1.0, "variant": variant, "steps": steps, "test_n": 4,
+                "test_accuracy": correct.count("1") / 4, "test_correct": correct,
+                "train_settings": {"lr": 1e-4, "max_steps": steps, "eval_interval": steps // 4, **settings}}
+
+    results = [line("standard", "", 0, "1000", 200), line("dsbs", "", 0, "1100", 200),
+               line("standard", "long", 0, "1100", 400), line("dsbs", "long", 0, "1111", 400),
+               line("dsbs", "alpha", 0, "0000", 200, alpha=0.8), line("dsbs", "long-alpha", 0, "0000", 800, alpha=0.8)]
+    cells = group_results(results)[("demo", "s")]
+    curves = budget_curves(cells, 1.0)
+    assert {m: {s: lines[0]["variant"] for s, lines in c.items()} for m, c in curves.items()} == {
+        "standard": {200: "", 400: "long"}, "dsbs": {200: "", 400: "long"}}
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+    out = report(str(tmp_path / "results.jsonl"))
+    assert "| 400 | 50.0 (1 seed) | 100.0 (1 seed) | +50.0 [" in out["markdown"]
+    assert "| 800 |" not in out["markdown"]  # the 800-step run also changed alpha: not on the curve
+    assert any(p.endswith("-budget-f1.png") and Path(p).is_file() for p in out["plots"])

@@ -3,10 +3,13 @@
 Per cell (task, student, method, fraction): mean ± std over seeds, the seeds and the test n. Each
 method is compared with standard fine-tuning at the same task, student and fraction, item by item
 (dsbs.stats), and a method trained on the teacher's labels with standard distillation too; the
-paper's "minimum resources" question is answered per method. Everything is computed from
-results.jsonl alone: each line carries its per-item test correctness.
+paper's "minimum resources" question is answered per method; where a method ran at several training
+lengths (recipe variants that change only max_steps), a budget curve compares the methods at each
+length. Everything is computed from results.jsonl alone: each line carries its per-item test
+correctness.
 """
 
+import json
 import statistics
 import sys
 from collections import defaultdict
@@ -20,6 +23,7 @@ from dsbs.tasks.common import read_appended_jsonl
 REACH_RULE = ("a method reaches a reference at the smallest data fraction whose mean test accuracy over seeds is "
               "at least the reference's on the same test items; the paired 95% interval of the difference there "
               "is shown")
+BUDGET_SETTINGS = ("max_steps", "epochs", "eval_interval", "save_interval")  # what a budget variant may change
 
 
 def references(task: str) -> tuple[float | None, dict]:
@@ -176,6 +180,44 @@ def against_plain(cells: dict, fractions: list[float]) -> list[str]:
     return comparison_table("Each variant against its method's plain runs (same statistics):", "variant", rows)
 
 
+def without_budget(lines: list[dict]) -> str:
+    settings = lines[0].get("train_settings") or {}
+    return json.dumps({k: v for k, v in settings.items() if k not in BUDGET_SETTINGS}, sort_keys=True)
+
+
+def budget_curves(cells: dict, fraction: float) -> dict:
+    """method -> optimizer steps -> result lines: a method's plain row and those of its variants whose settings
+    differ from the plain row's only in training length (the first row of each length wins), where there are
+    at least two lengths."""
+    curves = {}
+    for row in sorted(cells, key=method_rank):
+        method = row.partition(" [")[0]
+        lines, plain = cells[row].get(fraction), cells.get(method, {}).get(fraction)
+        if lines and plain and lines[0].get("steps") and without_budget(lines) == without_budget(plain):
+            curves.setdefault(method, {}).setdefault(lines[0]["steps"], lines)
+    return {method: dict(sorted(curve.items())) for method, curve in curves.items() if len(curve) > 1}
+
+
+def budget_table(cells: dict, fraction: float) -> list[str]:
+    """Accuracy by training length for each method with a budget curve, and each one against standard."""
+    curves = budget_curves(cells, fraction)
+    if not curves:
+        return []
+    methods = sorted(curves, key=method_rank)
+    others = [m for m in methods if m != "standard"] if "standard" in curves else []
+    header = "| steps | " + " | ".join(methods) + "".join(f" | {m} − standard [95% interval] | p" for m in others)
+    rows = ["", f"Budget curve at {fraction:.1%} data (each method's runs that differ only in training length; "
+            "differences paired as above):", "", header + " |", "|---|" + "---|" * (len(methods) + 2 * len(others))]
+    for steps in sorted({s for curve in curves.values() for s in curve}):
+        row = [cell_text(curves[m][steps]) if steps in curves[m] else "—" for m in methods]
+        for m in others:
+            both = steps in curves[m] and steps in curves["standard"]
+            d = paired(curves[m][steps], curves["standard"][steps]) if both else None
+            row += [difference_text(d), f"{d.p_value:.3g}"] if d else ["—", "—"]
+        rows.append(f"| {steps} | " + " | ".join(row) + " |")
+    return rows
+
+
 def reach(cells: dict, method: str, reference: list[dict], target: float) -> str:
     """The smallest fraction at which ``method`` reaches ``target`` accuracy, with its paired interval."""
     for fraction in sorted(cells[method]):
@@ -231,6 +273,8 @@ def markdown(groups: dict) -> str:
         out += against_standard(cells, fractions)
         out += against_distill(cells, fractions)
         out += against_plain(cells, fractions)
+        for fraction in fractions:
+            out += budget_table(cells, fraction)
         teacher = teacher_lines(cells)
         out += minimum_resources(cells, teacher)
         full_teacher, paper = references(Path(task).stem)
@@ -276,12 +320,7 @@ def plot(groups: dict, out: Path) -> list[str]:
             line = ax.errorbar(xs, [b[0] for b in bars], yerr=[[b[1] for b in bars], [b[2] for b in bars]],
                                marker="o", capsize=3, label=method)
             colors[method] = line[0].get_color()
-        teacher = teacher_lines(cells)
-        if teacher:
-            from dsbs.stats import correctness
-
-            ax.axhline(100 * correctness(teacher[0]["test_correct"]).mean(), color="gray", linestyle="--",
-                       label="teacher few-shot (PaLM 540B), same test items")
+        draw_teacher(ax, cells)
         _, paper = references(Path(task).stem)
         for method, value in paper.items():
             ax.plot([100], [value], marker="*", markersize=12, linestyle="none", color=colors.get(method, "black"),
@@ -300,7 +339,39 @@ def plot(groups: dict, out: Path) -> list[str]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         files.append(str(path))
+        files += [plot_budget(plt, cells, fraction, out / f"{path.stem}-budget-f{fraction:g}.png",
+                              f"{task} — {Path(student).name}")
+                  for fraction in sorted({f for points in cells.values() for f in points})
+                  if budget_curves(cells, fraction)]
     return files
+
+
+def draw_teacher(ax, cells: dict) -> None:
+    teacher = teacher_lines(cells)
+    if teacher:
+        from dsbs.stats import correctness
+
+        ax.axhline(100 * correctness(teacher[0]["test_correct"]).mean(), color="gray", linestyle="--",
+                   label="teacher few-shot (PaLM 540B), same test items")
+
+
+def plot_budget(plt, cells: dict, fraction: float, path: Path, title: str) -> str:
+    """Accuracy against optimizer steps, one line per method with a budget curve."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method, curve in sorted(budget_curves(cells, fraction).items(), key=lambda item: method_rank(item[0])):
+        bars = [cell_interval(lines) for lines in curve.values()]
+        ax.errorbar(list(curve), [b[0] for b in bars], yerr=[[b[1] for b in bars], [b[2] for b in bars]],
+                    marker="o", capsize=3, label=method)
+    draw_teacher(ax, cells)
+    ax.set_xlabel(f"optimizer steps ({fraction:.0%} of the pool)")
+    ax.set_ylabel("test accuracy (%), 95% interval")
+    ax.set_title(f"{title}: training length")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
 
 
 def report(results: str, output: str | None = None) -> dict:

@@ -4,7 +4,7 @@ Per cell (task, student, method, fraction): mean ± std over seeds, the seeds an
 method is compared with standard fine-tuning at the same task, student and fraction, item by item
 (dsbs.stats), and a method trained on the teacher's labels with standard distillation too; the
 paper's "minimum resources" question is answered per method; where a method ran at several training
-lengths (recipe variants that change only max_steps), a budget curve compares the methods at each
+lengths (recipe variants that change only its length), a budget curve compares the methods at each
 length. Everything is computed from results.jsonl alone: each line carries its per-item test
 correctness.
 """

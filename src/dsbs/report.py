@@ -9,7 +9,6 @@ length. Everything is computed from results.jsonl alone: each line carries its p
 correctness.
 """
 
-import json
 import statistics
 import sys
 from collections import defaultdict
@@ -180,15 +179,15 @@ def against_plain(cells: dict, fractions: list[float]) -> list[str]:
     return comparison_table("Each variant against its method's plain runs (same statistics):", "variant", rows)
 
 
-def without_budget(lines: list[dict]) -> str:
+def without_budget(lines: list[dict]) -> dict:
     settings = lines[0].get("train_settings") or {}
-    return json.dumps({k: v for k, v in settings.items() if k not in BUDGET_SETTINGS}, sort_keys=True)
+    return {k: v for k, v in settings.items() if k not in BUDGET_SETTINGS}
 
 
 def budget_curves(cells: dict, fraction: float) -> dict:
-    """method -> optimizer steps -> result lines: a method's plain row and those of its variants whose settings
-    differ from the plain row's only in training length (the first row of each length wins), where there are
-    at least two lengths."""
+    """method (in method_rank order) -> optimizer steps -> result lines: a method's plain row and those of its
+    variants whose settings differ from the plain row's only in training length (the first row of each length
+    wins), where there are at least two lengths."""
     curves = {}
     for row in sorted(cells, key=method_rank):
         method = row.partition(" [")[0]
@@ -203,7 +202,7 @@ def budget_table(cells: dict, fraction: float) -> list[str]:
     curves = budget_curves(cells, fraction)
     if not curves:
         return []
-    methods = sorted(curves, key=method_rank)
+    methods = list(curves)
     others = [m for m in methods if m != "standard"] if "standard" in curves else []
     header = "| steps | " + " | ".join(methods) + "".join(f" | {m} − standard [95% interval] | p" for m in others)
     rows = ["", f"Budget curve at {fraction:.1%} data (each method's runs that differ only in training length; "
@@ -339,10 +338,11 @@ def plot(groups: dict, out: Path) -> list[str]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         files.append(str(path))
-        files += [plot_budget(plt, cells, fraction, out / f"{path.stem}-budget-f{fraction:g}.png",
-                              f"{task} — {Path(student).name}")
-                  for fraction in sorted({f for points in cells.values() for f in points})
-                  if budget_curves(cells, fraction)]
+        for fraction in sorted({f for points in cells.values() for f in points}):
+            curves = budget_curves(cells, fraction)
+            if curves:
+                files.append(plot_budget(plt, cells, curves, fraction, out / f"{path.stem}-budget-f{fraction:g}.png",
+                                         f"{task} — {Path(student).name}"))
     return files
 
 
@@ -355,10 +355,10 @@ def draw_teacher(ax, cells: dict) -> None:
                    label="teacher few-shot (PaLM 540B), same test items")
 
 
-def plot_budget(plt, cells: dict, fraction: float, path: Path, title: str) -> str:
-    """Accuracy against optimizer steps, one line per method with a budget curve."""
+def plot_budget(plt, cells: dict, curves: dict, fraction: float, path: Path, title: str) -> str:
+    """Accuracy against optimizer steps, one line per method of ``curves`` (budget_curves)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for method, curve in sorted(budget_curves(cells, fraction).items(), key=lambda item: method_rank(item[0])):
+    for method, curve in curves.items():
         bars = [cell_interval(lines) for lines in curve.values()]
         ax.errorbar(list(curve), [b[0] for b in bars], yerr=[[b[1] for b in bars], [b[2] for b in bars]],
                     marker="o", capsize=3, label=method)

@@ -132,7 +132,7 @@ def compare_with_reference(args, task, meta: dict, model, tokenizer) -> float:
     import numpy as np
 
     from dsbs.checkpoint import read_meta
-    from dsbs.inference import label_choices, predict
+    from dsbs.inference import label_choices, predict, same_answer
     from dsbs.models import load_student
     from dsbs.stats import compare
 
@@ -143,7 +143,7 @@ def compare_with_reference(args, task, meta: dict, model, tokenizer) -> float:
     ref_model, ref_tokenizer = load_student(args.reference, for_inference=True)
     theirs = [p["label"] for p in predict(ref_model, ref_tokenizer, read_meta(args.reference), inputs,
                                           batch_size=args.batch)]
-    same = sum(task.labels_match(a, b) for a, b in zip(ours, theirs, strict=True)) / len(rows)
+    same = sum(same_answer(task, a, b) for a, b in zip(ours, theirs, strict=True)) / len(rows)
     correct = [np.array([task.labels_match(p, e.label) for p, e in zip(answers, rows, strict=True)], dtype=int)
                for answers in (ours, theirs)]
     d = compare(correct[0], correct[1])

@@ -22,7 +22,8 @@ LAUNCH_TWO = [str(Path(sys.executable).with_name("accelerate")), "launch", "--mu
 
 def common_args(student: str) -> list[str]:
     return ["--task", "demo", "--student", student, "--max-steps", "6", "--lr", "1e-3", "--eval-limit", "4",
-            "--precision", "fp32", "--max-input-tokens", "64", "--max-target-tokens", "48", "--log-interval", "1"]
+            "--precision", "fp32", "--max-input-tokens", "64", "--max-target-tokens", "48", "--log-interval", "1",
+            "--keep-checkpoints"]
 
 
 def run(command: list[str]) -> None:

@@ -34,11 +34,11 @@ def run_cli(*args):
 
 def test_predict_streams_jsonl_and_reports_bad_lines(trained, tmp_path):
     source = tmp_path / "in.jsonl"
-    source.write_text('{"input": "Ava has 3 apples. How many?"}\n{"input": 7}\n\n{"input": "2 boxes of 5?"}\n')
+    source.write_text('{"input": "Ava has 3 apples. How many?"}\n{"input": [7]}\n\n{"input": "2 boxes of 5?"}\n')
     out = tmp_path / "out.jsonl"
     failed = run_cli("predict", "--model", trained, "--input", str(source), "--output", str(out))
     assert failed.returncode == 2
-    assert f"{source}:2: missing text field 'input'" in failed.stderr and "Traceback" not in failed.stderr
+    assert f"{source}:2: field 'input' should be text, got list" in failed.stderr and "Traceback" not in failed.stderr
     ok = run_cli("predict", "--model", trained, "--input", str(source), "--output", str(out), "--skip-bad-lines")
     assert ok.returncode == 0, ok.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]

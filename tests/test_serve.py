@@ -228,7 +228,7 @@ def test_a_service_with_choices_answers_from_each_inputs_options(trained_student
     student = tmp_path / "cqa-student"  # the tiny student, as if trained on CQA: its label set is a row's options
     shutil.copytree(trained_student, student)
     meta = json.loads((student / "dsbs.json").read_text())
-    (student / "dsbs.json").write_text(json.dumps({**meta, "task": "cqa"}))
+    (student / "dsbs.json").write_text(json.dumps({**meta, "task": "cqa", "task_config": {"task": "cqa"}}))
     options = ["fridge", "shelf", "bag", "car", "oven"]
     with running(ServeConfig(model=str(student), choices=True)) as url:
         status, body = post(url + "/predict", {"inputs": [cqa.format_input("Where is milk kept?", options)]})

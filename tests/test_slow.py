@@ -15,7 +15,7 @@ def test_smollm2_trains_evaluates_and_predicts_on_svamp(tmp_path):
     dsbs("train", "--task", "svamp", "--method", "dsbs", "--student", "smollm2-135m", "--max-steps", "2",
          "--batch-size", "2", "--data-fraction", "0.02", "--eval-limit", "4", "--max-target-tokens", "64",
          "--output", str(run))
-    assert (run / "model" / "model.safetensors").is_file() and (run / "checkpoints" / "step-000002").is_dir()
+    assert (run / "model" / "model.safetensors").is_file() and not (run / "checkpoints").exists()
     assert json.loads((run / "summary.json").read_text())["steps"] == 2
 
     dsbs("evaluate", "--model", str(run / "model"), "--task", "svamp", "--split", "test", "--limit", "4",

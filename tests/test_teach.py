@@ -57,14 +57,14 @@ def test_every_fault_is_retried_or_recorded(tmp_path):
         summary = teach(DEMO, config(server, tmp_path))
     assert [server.requests[query(r)] for r in ROWS[:6]] == [2, 3, 2, 2, 2, 3]
     assert summary["failed_items"] == 1 and summary["items"] == 6 and summary["requests_made"] == 6
-    rows = read_jsonl(tmp_path / "teach" / "demo_train.jsonl")
+    rows = read_jsonl(tmp_path / "teach" / "train.jsonl")
     assert [r["teacher_label"] for r in rows] == ["42"] * 5 + [None]
-    details = read_jsonl(tmp_path / "teach" / "demo_train_teacher.jsonl")
+    details = read_jsonl(tmp_path / "teach" / "llm" / "train_teacher.jsonl")
     assert details[5]["errors"] and "500" in details[5]["errors"][0]
     assert details[0]["completions"] == ["The numbers add up. So the answer is 42."]
     assert details[0]["completion_tokens"] == 7
-    # the output is a task file dsbs train reads as it is
-    loaded = get_task(TaskConfig(task=str(tmp_path / "teach" / "demo_train.jsonl"))).load("train")
+    # the output is a task dsbs train reads as it is
+    loaded = get_task(TaskConfig(task=str(tmp_path / "teach"))).load("train")
     assert loaded[0].rationale == "The numbers add up." and loaded[0].teacher_label == "42"
 
 
@@ -83,9 +83,9 @@ def test_samples_vote_and_keep_agreeing_rationales(tmp_path):
     answers = {1: "Add them. So the answer is 42.", 2: "Guess. So the answer is 41.", 3: "Count. So the answer is 42."}
     with FakeOpenAI(answer=lambda item, attempt: answers[attempt]) as server:
         summary = teach(DEMO, config(server, tmp_path, limit=2, samples=3, temperature=0.7, concurrency=1))
-    details = read_jsonl(tmp_path / "teach" / "demo_train_teacher.jsonl")
+    details = read_jsonl(tmp_path / "teach" / "llm" / "train_teacher.jsonl")
     assert summary["requests_made"] == 6
-    assert details[0]["label"] == "42" and details[0]["agreeing_rationales"] == ["Add them.", "Count."]
+    assert details[0]["teacher_label"] == "42" and details[0]["agreeing_rationales"] == ["Add them.", "Count."]
 
 
 @needs_data
@@ -116,7 +116,7 @@ def test_kill_9_then_rerun_answers_every_item_once(tmp_path):
         assert seen_before_kill < n, "the run finished before it could be killed"
         subprocess.run(command, check=True, capture_output=True)
         total = sum(server.requests.values())
-        rows = read_jsonl(tmp_path / "teach" / "demo_train.jsonl")
+        rows = read_jsonl(tmp_path / "teach" / "train.jsonl")
         assert len(rows) == n and all(r["teacher_label"] == "42" for r in rows)
         assert total <= n + concurrency  # at most the requests in flight at the kill are asked again
         assert max(server.requests.values()) <= 2
@@ -162,10 +162,10 @@ def test_benchmark_output_is_a_data_dir_the_loader_reads(tmp_path):
 
 def test_local_transformers_backend_records_unparsable_answers(tiny_causal, tmp_path):
     summary = teach(DEMO, TeachConfig(backend="local", model=tiny_causal, limit=2, max_tokens=8, output=str(tmp_path)))
-    details = read_jsonl(tmp_path / "demo_train_teacher.jsonl")
+    details = read_jsonl(tmp_path / "llm" / "train_teacher.jsonl")
     assert summary["items"] == 2 and summary["failed_items"] == 0
     assert all(len(d["completions"]) == 1 and d["completion_tokens"] > 0 for d in details)
-    assert summary["parse_failures"] == sum(d["label"] is None for d in details)
+    assert summary["parse_failures"] == sum(d["teacher_label"] is None for d in details)
 
 
 def test_a_trickling_server_cannot_hold_a_request_past_its_deadline(tmp_path):
@@ -173,7 +173,7 @@ def test_a_trickling_server_cannot_hold_a_request_past_its_deadline(tmp_path):
         started = time.monotonic()
         summary = teach(DEMO, config(server, tmp_path, limit=1, timeout=1.0, max_retries=0))
         assert time.monotonic() - started < 3.5  # the whole reply would take 12 s
-    [details] = read_jsonl(tmp_path / "teach" / "demo_train_teacher.jsonl")
+    [details] = read_jsonl(tmp_path / "teach" / "llm" / "train_teacher.jsonl")
     assert summary["failed_items"] == 1 and "deadline" in details["errors"][0]
 
 
@@ -190,7 +190,7 @@ def test_oversized_replies_are_cut_before_they_are_stored(tmp_path):
     script = {query(ROWS[0]): "huge", query(ROWS[1]): "ok"}
     with FakeOpenAI(script=lambda item, attempt: script[item], answer=lambda item, attempt: long_text) as server:
         summary = teach(DEMO, config(server, tmp_path, limit=2, max_tokens=16, max_retries=0))
-    details = read_jsonl(tmp_path / "teach" / "demo_train_teacher.jsonl")
+    details = read_jsonl(tmp_path / "teach" / "llm" / "train_teacher.jsonl")
     assert summary["cut_replies"] == 2 and server.requests[query(ROWS[0])] == 1  # a 4 MB reply is not asked again
     assert "reply larger than" in details[0]["errors"][0] and not details[0]["completions"]
     assert len(details[1]["completions"][0]) == 32 * 16  # max_reply_chars: 32 x max_tokens
@@ -225,7 +225,7 @@ def test_a_full_disk_stops_the_run_cleanly_and_keeps_what_was_stored(tmp_path):
                               preexec_fn=small_disk)
         assert full.returncode == 2 and "cannot store the teacher's answers" in full.stderr
         assert "Traceback" not in full.stderr
-        assert not list((tmp_path / "teach").rglob(".tmp-*")) and not (tmp_path / "teach" / "demo_train.jsonl").exists()
+        assert not list((tmp_path / "teach").rglob(".tmp-*")) and not (tmp_path / "teach" / "train.jsonl").exists()
         asked = sum(server.requests.values())
         summary = json.loads(run_dsbs(*args).stdout)
     assert summary["items"] == 200 and summary["failed_items"] == 0

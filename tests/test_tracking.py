@@ -52,7 +52,7 @@ from dsbs.tasks import TaskConfig
 from dsbs.train import train
 settings = dict(student={tiny_causal!r}, output={str(tmp_path / "cell")!r}, max_steps=4, batch_size=2, eval_limit=2,
                 log_interval=1, precision="fp32", max_input_tokens=64, max_target_tokens=32, save_interval=2,
-                report_to="trackio", tracker_project="dsbs-test")
+                report_to="trackio", tracker_project="dsbs-test", keep_checkpoints=True)
 real = shutil.rmtree
 shutil.rmtree = lambda p, *a, **k: None if "step-000002" in str(p) else real(p, *a, **k)
 train(TaskConfig(task="demo"), TrainConfig(**settings))

@@ -23,7 +23,8 @@ DEMO = TaskConfig(task="demo")
 
 def quick_config(student: str, output: Path, **overrides) -> TrainConfig:
     settings = dict(student=student, output=str(output), max_steps=4, batch_size=4, lr=1e-3, eval_limit=8,
-                    max_input_tokens=64, max_target_tokens=48, log_interval=2, precision="fp32")
+                    max_input_tokens=64, max_target_tokens=48, log_interval=2, precision="fp32",
+                    keep_checkpoints=True)  # these tests read the last checkpoint
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -117,15 +118,15 @@ def test_data_order_is_a_function_of_the_step():
 
 def test_pool_cap_is_one_draw_shared_by_every_seed_and_fraction():
     pool = list(range(1000))
-    _, validation = select_rows(pool, TrainConfig(val_fraction=0.1))
-    capped = set(select_rows(pool, TrainConfig(pool_size=200))[0])
-    assert len(capped) == 200 and not capped & set(validation)
+    train_rows, validation = select_rows(pool, TrainConfig(pool_size=200))
+    capped = set(train_rows) | set(validation)  # the paper's order: validation comes out of the capped pool
+    assert len(capped) == 200 and len(validation) == 20 and not set(train_rows) & set(validation)
     for seed in (0, 1):
-        quarter = select_rows(pool, TrainConfig(pool_size=200, data_fraction=0.25, seed=seed))[0]
-        assert len(quarter) == 50 and set(quarter) <= capped
+        quarter, held = select_rows(pool, TrainConfig(pool_size=200, data_fraction=0.25, seed=seed))
+        assert (len(quarter), len(held)) == (45, 5) and set(quarter) | set(held) <= capped
     assert select_rows(pool, TrainConfig(pool_size=200, data_fraction=0.25, seed=0)) != \
         select_rows(pool, TrainConfig(pool_size=200, data_fraction=0.25, seed=1))
-    assert len(select_rows(pool, TrainConfig(pool_size=5000))[0]) == 900  # a cap above the pool keeps it whole
+    assert sum(map(len, select_rows(pool, TrainConfig(pool_size=5000)))) == 1000  # a cap above the pool keeps it
 
 
 def test_existing_run_needs_resume(tiny_causal, tmp_path):
@@ -139,7 +140,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(extra, tiny_causal, tm
     args = [*extra, "--task", "demo", "--student", tiny_causal, "--max-steps", "40", "--batch-size", "4", "--lr",
             "1e-3",
             "--save-interval", "2", "--eval-interval", "10", "--eval-limit", "4", "--precision", "fp32",
-            "--max-input-tokens", "64", "--max-target-tokens", "48", "--log-interval", "1"]
+            "--max-input-tokens", "64", "--max-target-tokens", "48", "--log-interval", "1", "--keep-checkpoints"]
     reference = tmp_path / "reference"
     run_dsbs("train", *args, "--output", str(reference))
 

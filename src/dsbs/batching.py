@@ -20,7 +20,10 @@ from dsbs.methods import LABEL_TASK, RATIONALE_TASK, Method, get_method
 from dsbs.tasks.common import SINGLE_TASK_MARKER, Example
 
 PromptForm = Literal["suffix", "prefix"]
-MARKERS = {LABEL_TASK: "[label]", RATIONALE_TASK: "[rationale]"}
+# the words that tell a student which task to answer: dsbs's, or those of the paper's code ("predict: x")
+MARKER_SETS = {"dsbs": {LABEL_TASK: "[label]", RATIONALE_TASK: "[rationale]"},
+               "paper": {LABEL_TASK: "predict:", RATIONALE_TASK: "explain:"}}
+MarkerSet = Literal["dsbs", "paper"]
 IGNORE_INDEX = -100
 
 
@@ -70,39 +73,38 @@ def input_ids(tokenizer, text: str, seq2seq: bool, max_tokens: int) -> list[int]
     return tokenizer(text, add_special_tokens=True)["input_ids"][: max_tokens - 1] + _ids(tokenizer, "\n")
 
 
-def marker_ids(tokenizer, task: int, seq2seq: bool) -> list[int]:
+def marker_ids(tokenizer, task: int, seq2seq: bool, markers: MarkerSet = "dsbs") -> list[int]:
     """The task marker of the suffix form (decoder side), tokenized on its own."""
-    return _ids(tokenizer, MARKERS[task]) + ([] if seq2seq else _ids(tokenizer, "\n"))
+    return _ids(tokenizer, MARKER_SETS[markers][task]) + ([] if seq2seq else _ids(tokenizer, "\n"))
 
 
 def encode_prompt(tokenizer, text: str, seq2seq: bool, max_tokens: int, task: int = LABEL_TASK,
-                  form: PromptForm = "prefix") -> tuple[list[int], list[int]]:
+                  form: PromptForm = "suffix", markers: MarkerSet = "dsbs") -> tuple[list[int], list[int]]:
     """(prompt ids, decoder prefix ids) for generating ``task``'s answer to ``text``.
 
     The decoder prefix is the suffix form's marker of a seq2seq student (generation starts after
     it); decoder-only students carry the marker at the end of the prompt itself.
     """
     if form == "prefix":
-        return input_ids(tokenizer, f"{MARKERS[task]} {text}", seq2seq, max_tokens), []
+        return input_ids(tokenizer, f"{MARKER_SETS[markers][task]} {text}", seq2seq, max_tokens), []
     if seq2seq:
-        return input_ids(tokenizer, text, True, max_tokens), marker_ids(tokenizer, task, True)
-    return input_ids(tokenizer, text, False, max_tokens) + marker_ids(tokenizer, task, False), []
+        return input_ids(tokenizer, text, True, max_tokens), marker_ids(tokenizer, task, True, markers)
+    return input_ids(tokenizer, text, False, max_tokens) + marker_ids(tokenizer, task, False, markers), []
 
 
 def target_ids(tokenizer, target: str, seq2seq: bool, max_tokens: int) -> list[int]:
-    """The target's tokens, ending in EOS."""
-    if seq2seq:
-        return tokenizer(text_target=target, truncation=True, max_length=max_tokens)["input_ids"]
+    """The target's tokens and EOS, nothing else: a tokenizer's own special tokens around a target (BERT's
+    [CLS] ... [SEP]) would make every label begin with the same token."""
     return _ids(tokenizer, target)[: max_tokens - 1] + [tokenizer.eos_token_id]
 
 
-def encode_item(tokenizer, item: Item, seq2seq: bool, max_input: int, max_target: int, form: PromptForm = "prefix",
-                decoder_start: int | None = None) -> dict:
+def encode_item(tokenizer, item: Item, seq2seq: bool, max_input: int, max_target: int, form: PromptForm = "suffix",
+                decoder_start: int | None = None, markers: MarkerSet = "dsbs") -> dict:
     """One item: input_ids and labels (and a seq2seq student's decoder inputs); only target tokens carry loss.
 
     ``tasks`` maps the item's task to its loss-bearing tokens, counted once here rather than every step.
     """
-    prompt, decoder_prefix = encode_prompt(tokenizer, item.prompt, seq2seq, max_input, item.task, form)
+    prompt, decoder_prefix = encode_prompt(tokenizer, item.prompt, seq2seq, max_input, item.task, form, markers)
     target = target_ids(tokenizer, item.target, seq2seq, max_target)
     if seq2seq:
         labels = [IGNORE_INDEX] * len(decoder_prefix) + target
@@ -116,7 +118,7 @@ def encode_item(tokenizer, item: Item, seq2seq: bool, max_input: int, max_target
 
 
 def encode_shared(tokenizer, items: list[Item], seq2seq: bool, max_input: int, max_target: int,
-                  decoder_start: int | None = None) -> dict:
+                  decoder_start: int | None = None, markers: MarkerSet = "dsbs") -> dict:
     """All of one example's items (suffix form) in one sequence that reads the input once.
 
     Decoder-only: input, then each task's branch (marker, target), every branch's positions
@@ -128,7 +130,7 @@ def encode_shared(tokenizer, items: list[Item], seq2seq: bool, max_input: int, m
     if seq2seq:
         branches = []
         for item in items:
-            marker = marker_ids(tokenizer, item.task, True)
+            marker = marker_ids(tokenizer, item.task, True, markers)
             target = target_ids(tokenizer, item.target, True, max_target)
             branches.append({"task": item.task, "decoder_input_ids": [decoder_start] + (marker + target)[:-1],
                              "labels": [IGNORE_INDEX] * len(marker) + target})
@@ -137,7 +139,7 @@ def encode_shared(tokenizer, items: list[Item], seq2seq: bool, max_input: int, m
     ids, labels = list(shared), [IGNORE_INDEX] * len(shared)
     positions, segments, label_tasks = list(range(len(shared))), [0] * len(shared), [-1] * len(shared)
     for number, item in enumerate(items, start=1):
-        marker = marker_ids(tokenizer, item.task, False)
+        marker = marker_ids(tokenizer, item.task, False, markers)
         target = target_ids(tokenizer, item.target, False, max_target)
         branch = marker + target
         ids += branch

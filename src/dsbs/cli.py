@@ -102,7 +102,7 @@ def cmd_evaluate(args) -> None:
     metrics = evaluate(config.model, from_args(TaskConfig, args), split=config.split, limit=config.limit,
                        batch_size=config.batch_size, output=config.output, with_rationale=config.with_rationale,
                        precision=config.precision, choices=config.choices)
-    for long in ("task_config", "correct_vector", "teacher_correct_vector"):  # in metrics.json
+    for long in ("task_config", "correct_vector", "teacher_correct_vector", "clusters"):  # in metrics.json
         metrics.pop(long)
     _print_json(metrics)
 
@@ -111,9 +111,9 @@ def cmd_predict(args) -> None:
     from dsbs.predict import predict_file
 
     c = from_args(configs.PredictConfig, args)
-    _print_json(predict_file(c.model, c.input, c.output, input_field=c.input_field, batch_size=c.batch_size,
-                             with_rationale=c.with_rationale, skip_bad_lines=c.skip_bad_lines, resume=c.resume,
-                             precision=c.precision, choices=c.choices))
+    _print_json(predict_file(c.model, c.input, c.output, input_field=c.input_field, input_template=c.input_template,
+                             batch_size=c.batch_size, with_rationale=c.with_rationale, skip_bad_lines=c.skip_bad_lines,
+                             resume=c.resume, precision=c.precision, choices=c.choices))
 
 
 def cmd_serve(args) -> None:

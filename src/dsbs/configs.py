@@ -12,10 +12,9 @@ from typing import Literal
 
 from dsbs.errors import ConfigError
 from dsbs.methods import METHOD_NAMES
-from dsbs.models import BUILT_IN_NAMES, DEFAULT_STUDENT
+from dsbs.names import BUILT_IN_STUDENT_NAMES, DEFAULT_STUDENT, PAPER_DATA_URL
 
 MethodName = Literal[METHOD_NAMES]
-PAPER_DATA_URL = "https://github.com/google-research/distilling-step-by-step/raw/main/datasets.zip"
 
 
 def option(default=dataclasses.MISSING, help: str = "", **metadata):
@@ -55,7 +54,7 @@ class TrainConfig:
     method: MethodName = option("dsbs", "standard (gold labels), distill (teacher labels), dsbs (label + rationale "
                                 "as two tasks), single_task (target = rationale, then label)")
     student: str = option(DEFAULT_STUDENT, "local directory, hub name, or a built-in student: "
-                          + ", ".join(BUILT_IN_NAMES))
+                          + ", ".join(BUILT_IN_STUDENT_NAMES))
     output: str = option("runs/train", "run directory: checkpoints/, model/ (see --keep-model), log.jsonl, "
                          "train_config.json")
     label_source: Literal["gold", "teacher"] = option("gold", "labels for dsbs and single_task: gold (fine-tuning "
@@ -66,16 +65,19 @@ class TrainConfig:
     prompt_form: Literal["suffix", "prefix"] = option("suffix", "where the task marker goes: suffix (after the input: "
                                                       "dsbs reads each input once for both tasks) or prefix (the "
                                                       "paper's '[label] x')")
+    markers: Literal["dsbs", "paper"] = option("dsbs", "the words that name each task: dsbs ([label], [rationale]) "
+                                               "or paper (predict:, explain:, as the paper's code writes them)")
     shared_pass: bool = option(True, "dsbs in the suffix form: one pass over each input for both tasks (off: a "
                                      "pass per task, as the paper's code does)")
     pack: bool = option(True, "decoder-only students: pack several examples into each row (block-diagonal "
                               "attention, positions restarting per example) instead of padding each to the longest")
     data_fraction: float = option(1.0, "fraction of the training pool to use, drawn with --seed")
-    pool_size: int | None = option(None, "cap the training pool (after the validation split) at N rows, one fixed "
-                                   "draw for every seed, so that fractions are of a pool a CPU can afford")
+    pool_size: int | None = option(None, "cap the training pool at N rows, one fixed draw for every seed, so that "
+                                   "fractions are of a pool a CPU can afford")
     train_split: str | None = option(None, "split used as the training pool (default: the task's; e-SNLI/ANLI "
                                      "samples here use valid)")
-    val_fraction: float = option(0.1, "fraction of the pool held out (fixed seed 0) for model selection")
+    val_fraction: float = option(0.1, "fraction held out (fixed seed 0) for model selection: of the run's "
+                                      "subsample (--split-order paper) or of the whole pool (pool)")
     seed: int = option(0, "seed for subsampling, data order and initialisation of new weights")
     max_steps: int = option(1000, "optimizer steps (ignored when --epochs is set)")
     epochs: float | None = option(None, "train for this many passes over the training examples instead")
@@ -88,9 +90,13 @@ class TrainConfig:
     max_target_tokens: int = option(256, "target tokens kept per item (rationales are the long ones)")
     eval_interval: int = option(0, "validate every N steps (0: only at the end)")
     eval_limit: int | None = option(None, "validate on at most N examples")
-    keep_model: Literal["best", "last"] = option("best", "which step model/ holds: best (the highest validation "
-                                                 "accuracy, ties keeping the earlier step) or last (validation "
-                                                 "only logged: with few validation rows the best step is noisy)")
+    keep_model: Literal["auto", "best", "last"] = option(
+        "auto", "which step model/ holds: best (the highest validation accuracy, ties keeping the earlier step), last, "
+        "or auto: best from 100 validation rows up, else last (the best of fewer rows is mostly noise)")
+    split_order: Literal["paper", "pool"] = option(
+        "paper", "paper: cap the pool, take the fraction, then hold out --val-fraction of it for validation (the "
+        "paper's order: a run selects on no more labelled rows than its budget); pool: hold validation out of the "
+        "whole pool first (dsbs before 0.2: every fraction selects on the same, larger set)")
     eval_batch_size: int = option(32, "inputs per generation batch during validation")
     save_interval: int | None = option(None, "checkpoint every N steps (default: the eval interval, else every "
                                        "10% of the run)")
@@ -108,8 +114,12 @@ class TrainConfig:
         "test metrics to a tracker; a resumed run continues its tracker run")
     tracker_project: str = option("dsbs", "the tracker's project (trackio, wandb, mlflow experiment)")
     resume: bool = option(False, "continue from the latest checkpoint in --output")
-    keep_checkpoints: bool = option(True, "keep the last checkpoint (weights + optimizer) after the run ends; "
-                                    "model/ is always kept")
+    keep_checkpoints: bool = option(False, "keep the last checkpoint (weights + optimizer state, 3x the model's size) "
+                                    "after the run ends; by default only model/ stays (a killed run still resumes: its "
+                                    "checkpoint goes only once model/ is complete)")
+    allow_missing_rationales: bool = option(False, "dsbs and single_task: train even when fewer than half of the "
+                                            "training rows have a rationale (dsbs: those rows learn the label alone; "
+                                            "single_task: they are skipped); without it such a run stops")
     phase_times: bool = option(False, "log where each step's time goes (collate, forward, backward, optimizer: "
                                "seconds per step); waits for the GPU between phases, so a step runs a little slower")
 
@@ -141,10 +151,19 @@ class TeachConfig:
                         "transformers model dir/name")
     base_url: str | None = option(None, "openai: server URL, e.g. http://127.0.0.1:8000/v1 (default: OpenAI's)")
     api_key_env: str = option("OPENAI_API_KEY", "openai: environment variable holding the API key")
-    api: Literal["completion", "chat"] = option("completion", "completion (one few-shot text prompt) or chat "
-                                                "(exemplars as earlier turns)")
-    prompt_file: str | None = option(None, "a prompt JSON file (default: the task's built-in prompt; own tasks: "
-                                     "exemplars from labelled rows)")
+    api: Literal["auto", "completion", "chat"] = option("auto", "completion (one few-shot text prompt), chat "
+                                                        "(exemplars as earlier turns), or auto: chat for the local "
+                                                        "backend (instruction-tuned models answer in turns), "
+                                                        "completion for openai")
+    prompt_file: str | None = option(None, "a prompt JSON file: {\"instruction\": \"...\", \"query_template\": \"Q: "
+                                     "{input}\\nA:\", \"stop\": [\"\\nQ:\"], \"exemplars\": [{\"input\": \"...\", "
+                                     "\"answer\": \"RATIONALE So the answer is LABEL.\"}]} (default: a benchmark's "
+                                     "built-in prompt; an own task's exemplars come from labelled rows with a "
+                                     "rationale, else the teacher writes them for labelled rows given their labels; "
+                                     "every output holds the prompt it used as prompt.json)")
+    zero_shot: bool = option(False, "no exemplars: an instruction and the input alone (fewer prompt tokens per "
+                                    "request, usually weaker answers)")
+    exemplars: int = option(8, "own task: labelled rows used as few-shot exemplars")
     temperature: float = option(0.0, "sampling temperature (use > 0 with --samples > 1)")
     max_tokens: int = option(160, "most tokens per answer")
     samples: int = option(1, "answers per input; the majority label wins and only rationales that agree are kept")
@@ -155,12 +174,15 @@ class TeachConfig:
     max_retry_after: float = option(60.0, "longest pause a server's Retry-After can impose before a retry")
     max_reply_chars: int | None = option(None, "characters of completion kept per reply, and (x8, plus 64 kB) "
                                          "bytes read (default: 32 x max_tokens); longer ones are cut and counted")
-    output: str = option("runs/teach", "output data directory (pass it as --data-dir to dsbs train)")
+    output: str = option("runs/teach", "output directory; train on it with dsbs train --task OUTPUT")
 
     def __post_init__(self):
         check_choices(self)
-        check_at_least(self, 1, "samples", "concurrency")
+        check_at_least(self, 1, "samples", "concurrency", "exemplars")
         check_at_least(self, 0, "max_retries")
+        if self.zero_shot and self.prompt_file:
+            raise ConfigError("--zero-shot and --prompt-file do not combine: a prompt file with no exemplars is "
+                              "zero-shot")
 
 
 @dataclass
@@ -168,7 +190,7 @@ class DemoConfig:
     """The whole pipeline on the built-in offline demo task."""
 
     output: str = option("runs/demo", "directory for both runs and the summary")
-    student: str = option(DEFAULT_STUDENT, "student model: " + ", ".join(BUILT_IN_NAMES) + ", or a directory")
+    student: str = option(DEFAULT_STUDENT, "student model: " + ", ".join(BUILT_IN_STUDENT_NAMES) + ", or a directory")
     max_steps: int = option(40, "optimizer steps per method")
 
 
@@ -222,9 +244,12 @@ class PredictConfig:
     """Label every line of a JSONL file."""
 
     model: str = option(help="a student directory (a run's model/)")
-    input: str = option(help="JSONL file, one object with an input field per line")
+    input: str = option(help="JSONL or CSV file, one input per row, in the format the student's task was trained on")
     output: str = option(help="JSONL file to write")
-    input_field: str = option("input", "the field holding the text")
+    input_field: str | None = option(None, "the field holding the student input (default: the one the student's "
+                                     "task used, recorded in its dsbs.json)")
+    input_template: str | None = option(None, "a str.format template over the row's fields (default: the student's "
+                                        "task's, if it had one)")
     batch_size: int = option(16, "inputs per generation batch")
     with_rationale: bool = option(False, "also generate the rationale")
     skip_bad_lines: bool = option(False, "report and skip malformed lines instead of stopping")

@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-import os
 import shutil
 import statistics
 import tempfile
@@ -10,17 +9,13 @@ import time
 import zipfile
 from pathlib import Path
 
-from dsbs.configs import PAPER_DATA_URL
 from dsbs.errors import DataError
 from dsbs.files import replace_dir, write_atomic
+from dsbs.names import PAPER_DATA_URL, default_cache_dir
 from dsbs.tasks import TaskConfig, get_task
 
 MANIFEST = ".dsbs-complete.json"  # written last: its presence means the unpacked tree is whole
 MAX_UNPACKED_BYTES = 4 << 30  # the paper's datasets.zip unpacks to well under this
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("DSBS_CACHE_DIR") or Path.home() / ".cache" / "dsbs")
 
 
 def _fetch(url: str, part: Path, timeout: float) -> int:

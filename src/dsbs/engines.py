@@ -106,8 +106,6 @@ class EngineStudent:
     def __init__(self, model_dir: str, seq2seq: bool):
         from transformers import AutoTokenizer
 
-        from dsbs.models import prepare_tokenizer
-
         self.seq2seq = seq2seq
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.config = type("Config", (), {"is_encoder_decoder": seq2seq})()
@@ -435,3 +433,11 @@ class OnnxStudent(EngineStudent):
 
 
 WRITERS = {"ctranslate2": write_ctranslate2, "llama.cpp": write_gguf, "onnx": write_onnx}
+
+
+def prepare_tokenizer(tokenizer, model) -> None:
+    """Padding needs a pad token; decoder-only generation needs padding on the left."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not getattr(model.config, "is_encoder_decoder", False):
+        tokenizer.padding_side = "left"

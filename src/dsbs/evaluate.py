@@ -6,7 +6,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from dsbs.files import write_atomic
-from dsbs.tasks import TaskConfig, get_task
+from dsbs.tasks import TaskConfig, get_task, student_task_config
 
 
 def teacher_vector(task, rows) -> str | None:
@@ -15,6 +15,15 @@ def teacher_vector(task, rows) -> str | None:
         return None
     return "".join("1" if e.teacher_answer is not None and task.labels_match(e.teacher_answer, e.label) else "0"
                    for e in rows)
+
+
+def cluster_indices(rows) -> list[int] | None:
+    """Each row's cluster as a small integer (first appearance order), or None where rows are independent."""
+    if not any(e.cluster for e in rows):
+        return None
+    index: dict = {}
+    keys = [e.cluster if e.cluster is not None else ("row", i) for i, e in enumerate(rows)]
+    return [index.setdefault(key, len(index)) for key in keys]
 
 
 def log_to_tracker(model_dir: Path, meta: dict, metrics: dict) -> None:
@@ -38,6 +47,7 @@ def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, 
     from dsbs.models import load_student
 
     meta = read_meta(model_dir)
+    task_config = student_task_config(meta, task_config)  # the student's own task, with any flag given on top
     task = get_task(task_config)
     split = split or task.test_split
     rows = task.load(split)[:limit] if limit else task.load(split)
@@ -60,6 +70,7 @@ def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, 
     vector = "".join("1" if r["correct"] else "0" for r in records)
     metrics = {"accuracy": correct / len(rows) if rows else 0.0, "n": len(rows), "correct": correct,
                "correct_vector": vector, "teacher_correct_vector": teacher_vector(task, rows),
+               "clusters": cluster_indices(rows),
                "parse_failures": failures, "task": task.name, "split": split, "model": str(model_dir),
                "method": meta["method"], "precision": precision, "choices": choices, "seconds": round(seconds, 2),
                "task_config": asdict(task_config)}

@@ -28,7 +28,7 @@ from dsbs.configs import TrainConfig, option
 from dsbs.errors import ConfigError, DataError
 from dsbs.files import append_line, exclusive, write_atomic
 from dsbs.methods import METHOD_NAMES
-from dsbs.models import DEFAULT_STUDENT
+from dsbs.names import DEFAULT_STUDENT
 from dsbs.tasks import TaskConfig
 from dsbs.tasks.common import read_appended_jsonl
 
@@ -86,13 +86,29 @@ class Recipe:
         """The TrainConfig fields a cell sets: shared, then its task's, then its variant's."""
         return {**self.train, **self.task_train.get(run["task"], {}), **self.variants.get(run.get("variant", ""), {})}
 
-    def configs(self, run: dict) -> tuple[TaskConfig, TrainConfig]:
-        """The resolved configs of one run (fails early on a misspelt setting)."""
+    def settings_of(self, run: dict) -> tuple[TaskConfig, TrainConfig]:
+        """The configs of one run but its output directory (fails early on a misspelt setting)."""
         task_config = TaskConfig(**{**self.task_settings, "task": run["task"]})
         train_config = TrainConfig(**{**self.settings(run), "method": run["method"],
                                       "data_fraction": run["fraction"], "student": run["student"], "seed": run["seed"],
-                                      "output": str(Path(self.output) / "runs" / run_name(run)), "resume": True})
+                                      "output": "", "resume": True})
         return task_config, train_config
+
+    def configs(self, run: dict) -> tuple[TaskConfig, TrainConfig]:
+        """The resolved configs of one run, its output directory keyed by its settings and data."""
+        task_config, train_config = self.settings_of(run)
+        key = self.key(run, task_config, train_config)
+        return task_config, dataclasses.replace(train_config, output=str(Path(self.output) / "runs" / key))
+
+    def key(self, run: dict, task_config: TaskConfig, train_config: TrainConfig) -> str:
+        """A run's name and a digest of everything that defines its result: the same settings are the same run."""
+        import hashlib
+
+        from dsbs.train import run_settings
+
+        settings = {**run_settings(task_config, train_config), "test_limit": self.test_limit}
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+        return f"{run_name(run)}-{digest[:10]}"
 
 
 def priority_rank(cell: dict, rules: list[dict]) -> int:
@@ -131,7 +147,7 @@ def load_recipe(path: str, output: str | None = None) -> Recipe:
     try:
         recipe = Recipe(**raw)
         for run in recipe.runs():  # resolve every run's config now, not an hour into the sweep
-            recipe.configs(run)
+            recipe.settings_of(run)
     except (TypeError, ValueError) as err:
         raise DataError(f"{path}: {err}") from None
     return recipe
@@ -148,17 +164,20 @@ def run_cell(recipe: Recipe, run: dict) -> dict:
     summary = train(task_config, train_config)
     metrics = evaluate(str(run_dir / "model"), task_config, limit=recipe.test_limit,
                        batch_size=recipe.eval_batch_size, output=str(run_dir / "test"))
-    result = {"run": run_name(run), "recipe": recipe.name, **run, "test_accuracy": metrics["accuracy"],
+    result = {"run": run_dir.name, "recipe": recipe.name, **run, "test_accuracy": metrics["accuracy"],
               "test_n": metrics["n"], "test_parse_failures": metrics["parse_failures"],
               "train_examples": summary["train_examples"], "steps": summary["steps"], "best_step": summary["best_step"],
               "validation_accuracy": summary["best_validation_accuracy"],
+              "protocol": {k: summary.get(k) for k in ("split_order", "kept_step", "validation_labels",
+                                                       "validation_examples", "budget_rows")},
               "seconds": round(time.perf_counter() - started, 1),
               "train_seconds": summary.get("train_seconds_this_session"), "tokens": summary.get("tokens_this_session"),
               "target_tokens": summary.get("target_tokens_this_session"), "parameters": summary.get("parameters"),
               "embedding_parameters": summary.get("embedding_parameters"),
               "train_settings": recipe.settings(run),
               "test_limit": recipe.test_limit,
-              "test_correct": metrics["correct_vector"], "teacher_test_correct": metrics["teacher_correct_vector"]}
+              "test_correct": metrics["correct_vector"], "teacher_test_correct": metrics["teacher_correct_vector"],
+              "test_clusters": metrics["clusters"]}
     if not recipe.keep_weights:
         for heavy in ("model", "checkpoints"):
             shutil.rmtree(run_dir / heavy, ignore_errors=True)
@@ -176,11 +195,12 @@ def _worker(recipe: Recipe, slot: int, jobs: int, gpus: list[str], cells, events
 
     torch.set_num_threads(threads)
     while (run := cells.get()) is not None:
-        events.put(("start", slot, run_name(run)))
+        name = Path(recipe.configs(run)[1].output).name
+        events.put(("start", slot, name))
         try:
             events.put(("result", slot, run_cell(recipe, run)))
         except Exception as err:  # noqa: BLE001 - one failed cell must not end the sweep
-            events.put(("error", slot, f"{run_name(run)}: {type(err).__name__}: {err}"))
+            events.put(("error", slot, f"{name}: {type(err).__name__}: {err}"))
     events.put(("exit", slot, None))
 
 
@@ -275,11 +295,12 @@ def sweep(recipe: Recipe, jobs: int, deadline: float | None, on_result) -> list[
         if on_result:
             on_result(result)
 
-    mine = {run_name(run) for run in runs}  # other recipes may append to the same results file
+    keys = {run_name(run): Path(recipe.configs(run)[1].output).name for run in runs}  # name -> name with digest
+    mine = set(keys.values())  # other recipes may append to the same results file
     already, todo = len(done & mine), []
     for run in runs:
         finished = Path(recipe.configs(run)[1].output) / RESULT_FILE  # evaluated, but the sweep died before appending
-        if run_name(run) in done:
+        if keys[run_name(run)] in done:
             continue
         if finished.is_file():
             record(json.loads(finished.read_text()))
@@ -290,7 +311,7 @@ def sweep(recipe: Recipe, jobs: int, deadline: float | None, on_result) -> list[
         errors = run_parallel(recipe, todo, jobs, deadline, record)
     else:
         for run in todo:
-            print(f"[{len(done & mine) + 1}/{len(runs)}] {run_name(run)}", flush=True)
+            print(f"[{len(done & mine) + 1}/{len(runs)}] {keys[run_name(run)]}", flush=True)
             record(run_cell(recipe, run))
     print(f"{len(new)} run(s) done now, {already} were already done, {len(runs) - len(done & mine)} left; "
           f"results in {results_path}")

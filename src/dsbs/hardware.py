@@ -75,8 +75,8 @@ def cpu_precision(cache_dir=None) -> str:
     """bf16 when a bf16 matmul beats fp32 on this CPU by 10% or more, else fp32; measured once, then cached."""
     import torch
 
-    from dsbs.data import default_cache_dir
     from dsbs.files import write_atomic
+    from dsbs.names import default_cache_dir
 
     machine = f"{cpu_name()}|threads={torch.get_num_threads()}|torch={torch.__version__}"
     name = hashlib.sha256(machine.encode()).hexdigest()[:16] + ".json"

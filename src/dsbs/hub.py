@@ -14,6 +14,7 @@ from pathlib import Path
 from dsbs import __version__
 from dsbs.errors import MissingDependency, UserError
 from dsbs.files import write_atomic
+from dsbs.redaction import redact, safe_url
 
 NEVER_PUSHED = ("checkpoints", "cache.sqlite", "cache.sqlite-wal", "cache.sqlite-shm", ".dsbs.lock", "tracker.json",
                 "tensorboard", "wandb", "mlruns")
@@ -27,9 +28,9 @@ def write_teach_dataset(output: Path, task, split: str, records: list[dict], sum
     except ImportError:
         print("no parquet dataset written: pip install 'dsbs[hf]' (pyarrow) for one", file=sys.stderr)
         return output
-    rows = [{"input": r["input"], "gold_label": r["gold"], "rationale": r["rationale"], "teacher_label": r["label"],
-             "completion": r["completions"][r["chosen"]] if r["completions"] else None, "errors": r["errors"]}
-            for r in records]
+    rows = [{"id": r["id"], "input": r["input"], "label": r["label"], "rationale": r["rationale"],
+             "teacher_label": r["teacher_label"], "errors": r["errors"],
+             "completion": r["completions"][r["chosen"]] if r["completions"] else None} for r in records]
     path = output / "data" / f"{split}-00000-of-00001.parquet"
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows), sink)
@@ -40,8 +41,6 @@ def write_teach_dataset(output: Path, task, split: str, records: list[dict], sum
 
 def dataset_card(task, split: str, summary: dict, spec, config) -> str:
     """README.md with YAML metadata, as the Hub reads dataset cards."""
-    from dsbs.teach import safe_url
-
     meta = {
         "configs": [{"config_name": "default", "data_files": [{"split": split, "path": f"data/{split}-*.parquet"}]}],
         "tags": ["distilling-step-by-step", "rationales", "dsbs"],
@@ -54,10 +53,10 @@ def dataset_card(task, split: str, summary: dict, spec, config) -> str:
                  "counts": {k: summary[k] for k in ("items", "failed_items", "parse_failures", "cut_replies",
                                                      "answers_from_cache")},
                  "tokens": {"prompt": summary["prompt_tokens"], "completion": summary["completion_tokens"]},
-                 "teacher_accuracy": summary["teacher_accuracy"]},
+                 "teacher_accuracy": summary["teacher_accuracy"], "prompt": summary["prompt"]},
     }
     exemplars = "\n\n".join(f"Q: {x}\nA: {a}" for x, a in spec.exemplars)
-    lines = ["---", json_as_yaml(meta), "---", "", f"# Teacher rationales for {task.name} ({split})", "",
+    lines = ["---", json_as_yaml(meta), "---", "", f"# Teacher rationales for {task.name} ({split} split)", "",
              f"Made with dsbs {__version__} (`dsbs teach`): for each input the teacher `{config.model}` "
              f"({config.backend} backend, {config.api} API) answered a few-shot chain-of-thought prompt; its answer "
              "was parsed into a rationale and a label.", "",
@@ -65,7 +64,12 @@ def dataset_card(task, split: str, summary: dict, spec, config) -> str:
              f"unparsable: {summary['parse_failures']}; replies cut to the size bound: {summary['cut_replies']}",
              f"- tokens: {summary['prompt_tokens']} prompt, {summary['completion_tokens']} completion",
              f"- sampling: temperature {config.temperature}, max_tokens {config.max_tokens}, samples {config.samples}",
-             f"- teacher accuracy on the gold labels: {summary['teacher_accuracy']}", ""]
+             f"- teacher accuracy on the gold labels: {summary['teacher_accuracy']} over "
+             f"{summary['teacher_accuracy_rows']} rows (not scored: {summary['exemplar_rows_not_scored']} rows that "
+             "are exemplars of the prompt)",
+             f"- prompt: {summary['prompt']}",
+             "- fields: `input` (the student input), `label` (gold, where the row has one), `rationale` and "
+             "`teacher_label` (the teacher's; empty where its answer did not parse), `completion`, `errors`", ""]
     if task.sources:
         lines += ["## Sources and licences", "", f"Derived from {task.sources}; these licences apply to the "
                   "inputs and gold labels, and the teacher's terms of use to its outputs.", ""]
@@ -83,8 +87,6 @@ def json_as_yaml(value) -> str:
 
 def files_to_push(directory: Path) -> tuple[list[str], list[str]]:
     """(files to upload, files left out and why) of a teach output or student directory."""
-    from dsbs.teach import redact
-
     keep, left_out = [], []
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):
         relative = path.relative_to(directory)

@@ -1,21 +1,29 @@
 """Batched greedy generation shared by validation, evaluation and prediction, and choosing a label
 from a task's label set instead of generating it."""
 
-from dsbs.batching import LABEL_TASK, RATIONALE_TASK, PromptForm, encode_prompt, parse_single_task_output, target_ids
+from dsbs.batching import (
+    LABEL_TASK,
+    RATIONALE_TASK,
+    MarkerSet,
+    PromptForm,
+    encode_prompt,
+    parse_single_task_output,
+    target_ids,
+)
 from dsbs.errors import UserError
 from dsbs.methods import get_method
 from dsbs.models import is_seq2seq
 
 
 def generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, max_input_tokens: int,
-             task: int = LABEL_TASK, form: PromptForm = "prefix", batch_size: int = 16,
+             task: int = LABEL_TASK, form: PromptForm = "suffix", markers: MarkerSet = "dsbs", batch_size: int = 16,
              progress: bool = False) -> list[str]:
     """Greedy answers of ``task`` to ``texts`` in prompt ``form``, batched by similar length, in input order."""
     import torch
     from tqdm.auto import tqdm
 
     seq2seq = is_seq2seq(model.config)
-    encoded = [encode_prompt(tokenizer, t, seq2seq, max_input_tokens, task, form) for t in texts]
+    encoded = [encode_prompt(tokenizer, t, seq2seq, max_input_tokens, task, form, markers) for t in texts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     outputs: list[str] = [""] * len(texts)
     model.eval()
@@ -48,7 +56,8 @@ def generate(model, tokenizer, texts: list[str], *, max_new_tokens: int, max_inp
 
 
 def choose(model, tokenizer, texts: list[str], choices: list[tuple[str, ...]], *, max_input_tokens: int,
-           max_target_tokens: int, form: PromptForm = "prefix", batch_size: int = 16) -> list[str]:
+           max_target_tokens: int, form: PromptForm = "suffix", markers: MarkerSet = "dsbs",
+           batch_size: int = 16) -> list[str]:
     """For each text, the one of its ``choices`` that greedy decoding restricted to them would write.
 
     The first token decides among choices that begin differently, so one forward pass over each
@@ -57,7 +66,7 @@ def choose(model, tokenizer, texts: list[str], choices: list[tuple[str, ...]], *
     begins another is told apart from it.
     """
     seq2seq = is_seq2seq(model.config)
-    encoded = [encode_prompt(tokenizer, t, seq2seq, max_input_tokens, LABEL_TASK, form) for t in texts]
+    encoded = [encode_prompt(tokenizer, t, seq2seq, max_input_tokens, LABEL_TASK, form, markers) for t in texts]
     options = [{tuple(target_ids(tokenizer, c, seq2seq, max_target_tokens)): c for c in row} for row in choices]
     order = sorted(range(len(texts)), key=lambda i: len(encoded[i][0]))
     outputs: list[str] = [""] * len(texts)
@@ -102,6 +111,12 @@ def next_token_logits(model, tokenizer, prompts: list[tuple[list[int], list[int]
         return model(**batch, position_ids=positions, logits_to_keep=1).logits[:, -1].float()
 
 
+def same_answer(task, a: str, b: str) -> bool:
+    """Two students gave the same answer: identical text (even one the task's metric cannot parse), or labels
+    the metric counts as equal."""
+    return a == b or task.labels_match(a, b)
+
+
 def label_choices(task, texts: list[str]) -> list[tuple[str, ...]]:
     """Each text's allowed labels under ``task`` (its fixed label set, or a multiple-choice input's options)."""
     if task.label_choices is None:
@@ -116,14 +131,15 @@ def refuse_single_task(meta: dict) -> None:
 
 
 def choice_task(meta: dict):
-    """The built-in task whose label set a student chooses from (a user's own is known only to evaluate's --task)."""
-    from dsbs.tasks import BUILT_IN, built_in_task
+    """The task whose label set a student chooses from: the one its dsbs.json records."""
+    from dsbs.tasks import TaskConfig, get_task, student_task_config
 
     refuse_single_task(meta)
-    if meta["task"] not in BUILT_IN:
-        raise UserError(f"the student was trained on {meta['task']}, not a built-in task: its label set is unknown "
-                        "here (dsbs evaluate --task FILE --label-set ... --choices knows it)")
-    return built_in_task(meta["task"])
+    task = get_task(student_task_config(meta, TaskConfig()))
+    if task.label_choices is None:
+        raise UserError(f"task {meta['task']} has open answers, no label set to choose from: leave out --choices (an "
+                        "own task gets a label set with --label-set a,b,c when it is trained)")
+    return task
 
 
 def predict(model, tokenizer, meta: dict, inputs: list[str], *, with_rationale: bool = False,
@@ -138,7 +154,7 @@ def predict(model, tokenizer, meta: dict, inputs: list[str], *, with_rationale: 
     if choices is not None:
         refuse_single_task(meta)
     limits = {"max_input_tokens": meta["max_input_tokens"], "batch_size": batch_size, "progress": progress,
-              "form": meta.get("prompt_form", "prefix")}
+              "form": meta.get("prompt_form", "prefix"), "markers": meta.get("markers", "dsbs")}
     if get_method(meta["method"]).answers_with_rationale:
         texts = generate(model, tokenizer, inputs, max_new_tokens=meta["max_target_tokens"] + meta["label_max_tokens"],
                          **limits)
@@ -154,7 +170,8 @@ def predict(model, tokenizer, meta: dict, inputs: list[str], *, with_rationale: 
                         "not this export")
     else:
         labels = choose(model, tokenizer, inputs, choices, max_input_tokens=meta["max_input_tokens"],
-                        max_target_tokens=meta["max_target_tokens"], form=limits["form"], batch_size=batch_size)
+                        max_target_tokens=meta["max_target_tokens"], form=limits["form"], markers=limits["markers"],
+                        batch_size=batch_size)
     results = [{"label": label} for label in labels]
     if with_rationale:
         rationales = generate(model, tokenizer, inputs, task=RATIONALE_TASK, max_new_tokens=meta["max_target_tokens"],

@@ -6,11 +6,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from dsbs.engines import prepare_tokenizer
 from dsbs.errors import MissingDependency, UserError
+from dsbs.names import DEFAULT_STUDENT, MINILM_STUDENT, default_cache_dir
 
-DEFAULT_STUDENT = "smollm2-135m"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MINILM_STUDENT = "minilm-l6-seq2seq"
 
 
 def _package_dir(module: str, package: str) -> str:
@@ -79,15 +79,12 @@ def _build_minilm_seq2seq(staging: Path) -> None:
 
 # Students that ship inside PyPI packages, so that everything runs offline.
 BUILT_IN_STUDENTS = {DEFAULT_STUDENT: _convert_smollm2, MINILM_STUDENT: _build_minilm_seq2seq}
-BUILT_IN_NAMES = tuple(BUILT_IN_STUDENTS)
 
 
 def resolve_student(name: str) -> str:
     """A path or hub name for from_pretrained; a built-in student is built once into the cache."""
     if name not in BUILT_IN_STUDENTS:
         return name
-    from dsbs.data import default_cache_dir
-
     target = default_cache_dir() / "models" / name
     if (target / "config.json").is_file():
         return str(target)
@@ -164,11 +161,3 @@ def linear_in_weight_dtype(module, x):
     from torch.nn.functional import linear
 
     return linear(x.to(module.weight.dtype), module.weight, module.bias).to(x.dtype)
-
-
-def prepare_tokenizer(tokenizer, model) -> None:
-    """Padding needs a pad token; decoder-only generation needs padding on the left."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if not is_seq2seq(model.config):
-        tokenizer.padding_side = "left"

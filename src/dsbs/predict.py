@@ -9,8 +9,16 @@ from dsbs.files import exclusive
 from dsbs.tasks.common import DataError, read_appended_jsonl
 
 
-def _inputs(path: Path, field: str, skip_bad: bool, bad: list):
-    """(line number, input text) per usable line; a bad line is fatal unless ``skip_bad``."""
+def _records(path: Path):
+    """(line number, raw row or the error that line has) of a JSONL or CSV file, streamed."""
+    if path.suffix.lower() == ".csv":
+        import csv
+
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                yield reader.line_num, row
+        return
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.strip():
@@ -19,15 +27,35 @@ def _inputs(path: Path, field: str, skip_bad: bool, bad: list):
                 obj = json.loads(raw.decode("utf-8"))
                 if not isinstance(obj, dict):
                     raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
-                if not isinstance(obj.get(field), str):
-                    raise ValueError(f"missing text field {field!r}")
             except (UnicodeDecodeError, ValueError) as err:
-                message = f"{path}:{number}: {err}"
-                if not skip_bad:
-                    raise DataError(message) from None
-                bad.append(message)
+                yield number, err
                 continue
-            yield number, obj[field]
+            yield number, obj
+
+
+def _inputs(path: Path, fields, skip_bad: bool, bad: list):
+    """(line number, student input) per usable line, built as in training; a bad line is fatal unless ``skip_bad``."""
+    from dsbs.tasks.custom import student_input
+
+    for number, row in _records(path):
+        try:
+            if isinstance(row, Exception):
+                raise DataError(f"{path}:{number}: {row}")
+            yield number, student_input(row, fields, f"{path}:{number}")
+        except DataError as err:
+            if not skip_bad:
+                raise
+            bad.append(str(err))
+
+
+def input_fields(meta: dict, input_field: str | None, input_template: str | None):
+    """How to build a student input from a row: the flags given, else the student's recorded task, else 'input'."""
+    from types import SimpleNamespace
+
+    recorded = meta.get("task_config") or {}
+    if input_field or input_template:
+        return SimpleNamespace(input_field=input_field, input_template=input_template)
+    return SimpleNamespace(input_field=recorded.get("input_field"), input_template=recorded.get("input_template"))
 
 
 def finished_lines(output: Path) -> set[int]:
@@ -40,10 +68,14 @@ def finished_lines(output: Path) -> set[int]:
     return done
 
 
-def predict_file(model_dir: str, input: str, output: str, input_field: str = "input", batch_size: int = 16,
-                 with_rationale: bool = False, skip_bad_lines: bool = False, resume: bool = False,
-                 precision: str = "fp32", choices: bool = False) -> dict:
-    """Predict a label for every line of ``input``; memory stays constant however long the file.
+def predict_file(model_dir: str, input: str, output: str, input_field: str | None = None,
+                 input_template: str | None = None, batch_size: int = 16, with_rationale: bool = False,
+                 skip_bad_lines: bool = False, resume: bool = False, precision: str = "fp32",
+                 choices: bool = False) -> dict:
+    """Predict a label for every row of ``input`` (JSONL or CSV); memory stays constant however long the file.
+
+    Inputs are built the way the student's task built them (its recorded field or template) unless
+    ``input_field`` / ``input_template`` say otherwise.
 
     Predictions are appended batch by batch, so after a kill ``resume`` answers only the lines
     that are not in ``output`` yet.
@@ -55,11 +87,11 @@ def predict_file(model_dir: str, input: str, output: str, input_field: str = "in
         raise DataError(f"--output {output} is the input file {path} (or a link to it): it would be emptied; "
                         "choose another output")
     with exclusive(output, "predict"):
-        return _predict_file(model_dir, path, Path(output), input_field, batch_size, with_rationale, skip_bad_lines,
-                             resume, precision, choices)
+        return _predict_file(model_dir, path, Path(output), (input_field, input_template), batch_size,
+                             with_rationale, skip_bad_lines, resume, precision, choices)
 
 
-def _predict_file(model_dir, path: Path, output: Path, input_field, batch_size, with_rationale, skip_bad_lines,
+def _predict_file(model_dir, path: Path, output: Path, fields: tuple, batch_size, with_rationale, skip_bad_lines,
                   resume, precision, choices) -> dict:
     from tqdm.auto import tqdm
 
@@ -68,11 +100,12 @@ def _predict_file(model_dir, path: Path, output: Path, input_field, batch_size, 
     from dsbs.models import load_student
 
     meta = read_meta(model_dir)
+    fields = input_fields(meta, *fields)
     task = choice_task(meta) if choices else None
     model, tokenizer = load_student(model_dir, for_inference=True, precision=precision)
     done = finished_lines(Path(output)) if resume else set()
     bad: list[str] = []
-    lines = (line for line in _inputs(path, input_field, skip_bad_lines, bad) if line[0] not in done)
+    lines = (line for line in _inputs(path, fields, skip_bad_lines, bad) if line[0] not in done)
     written = 0
     with open(output, "a" if resume else "w", encoding="utf-8") as out, tqdm(desc="predict", unit="input") as bar:
         while chunk := list(islice(lines, batch_size * 8)):
@@ -86,4 +119,5 @@ def _predict_file(model_dir, path: Path, output: Path, input_field, batch_size, 
             bar.update(len(chunk))
     for message in bad:
         print(f"skipped {message}")
-    return {"predicted": written, "already_done": len(done), "skipped": len(bad)}
+    return {"predicted": written, "already_done": len(done), "skipped": len(bad),
+            "input": fields.input_template or f"field {fields.input_field or 'input'!r}", "choices": choices}

@@ -44,11 +44,35 @@ def label(result: dict) -> str:
     return result["method"] + (f" [{result['variant']}]" if result.get("variant") else "")
 
 
+def settings_of(result: dict) -> dict:
+    """What a result line was trained with beyond its cell: the recipe's settings and the split order."""
+    order = (result.get("protocol") or {}).get("split_order") or "pool (old)"
+    return {**(result.get("train_settings") or {}), "split": order, "test_limit": result.get("test_limit")}
+
+
+def settings_labels(results: list[dict]) -> dict[int, str]:
+    """For lines whose row holds runs of different settings (a recipe changed and ran again), the settings
+    that tell them apart, by line: such runs are different rows, never seeds of one."""
+    by_row = defaultdict(list)
+    for r in results:
+        by_row[(r["task"], r["student"], label(r))].append(r)
+    names = {}
+    for lines in by_row.values():
+        kinds = [settings_of(r) for r in lines]
+        keys = sorted({k for kind in kinds for k in kind if any(kind.get(k) != other.get(k) for other in kinds)})
+        for r, kind in zip(lines, kinds, strict=True):
+            if keys:
+                names[id(r)] = ", ".join(f"{k}={kind.get(k)}" for k in keys)
+    return names
+
+
 def group_results(results: list[dict]) -> dict:
-    """(task, student) -> method [variant] -> fraction -> the result lines of its seeds, in seed order."""
+    """(task, student) -> method [variant] (settings) -> fraction -> the result lines of its seeds, in seed order."""
     groups = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    apart = settings_labels(results)
     for r in sorted(results, key=lambda r: r["seed"]):
-        groups[(r["task"], r["student"])][label(r)][r["fraction"]].append(r)
+        row = label(r) + (f" ({apart[id(r)]})" if id(r) in apart else "")
+        groups[(r["task"], r["student"])][row][r["fraction"]].append(r)
     return groups
 
 
@@ -74,19 +98,38 @@ def matrix(lines: list[dict], seeds: list[int] | None = None):
     return np.stack(vectors) if len({v.size for v in vectors}) == 1 else None
 
 
+def item_clusters(lines: list[dict]) -> list | None:
+    """Each test item's cluster: from the result lines, or (older lines) from the built-in task's test rows."""
+    for r in lines:
+        if r.get("test_clusters"):
+            return r["test_clusters"]
+    task, n = lines[0].get("task"), lines[0].get("test_n")
+    if task not in built_in_names() or not built_in_task(task).paper_layout:
+        return None
+    try:
+        from dsbs.evaluate import cluster_indices
+
+        rows = built_in_task(task).load(built_in_task(task).test_split)[:n]
+    except DataError:  # the paper's data is not here: items count as independent
+        return None
+    return cluster_indices(rows) if len(rows) == n else None
+
+
 def paired(a_lines: list[dict], b_lines: list[dict]):
     """Difference of a over b on the seeds both have, or None; a seedless b (the teacher's answers,
-    one row) is compared with every seed of a."""
+    one row) is compared with every seed of a. Items of one cluster count once."""
     from dsbs.stats import compare
 
     if all(r["seed"] is None for r in b_lines):
         a, b = matrix(a_lines), matrix(b_lines)
-        return None if a is None or b is None or a.shape[1] != b.shape[1] else compare(a, b)
+        if a is None or b is None or a.shape[1] != b.shape[1]:
+            return None
+        return compare(a, b, clusters=item_clusters(a_lines))
     shared = sorted({r["seed"] for r in a_lines} & {r["seed"] for r in b_lines})
     a, b = matrix(a_lines, shared), matrix(b_lines, shared)
     if a is None or b is None or a.shape != b.shape:
         return None
-    return compare(a, b)
+    return compare(a, b, clusters=item_clusters(a_lines))
 
 
 def teacher_lines(cells: dict) -> list[dict] | None:
@@ -109,8 +152,13 @@ def cell_text(lines: list[dict]) -> str:
     return f"{statistics.fmean(accs):.1f}{spread} ({len(accs)} seed{'s' if len(accs) > 1 else ''})"
 
 
+FEW_SEEDS = 3  # below it an interval says little about the method: its seed-to-seed spread is barely known
+FEW_SEEDS_NOTE = (f"† from fewer than {FEW_SEEDS} paired seeds: the seed-to-seed spread is barely known (with one "
+                  "seed, not at all: the interval is about one trained model), so this is not a method comparison")
+
+
 def difference_text(d) -> str:
-    return f"{d.diff:+.1f} [{d.low:+.1f}, {d.high:+.1f}]"
+    return f"{d.diff:+.1f} [{d.low:+.1f}, {d.high:+.1f}]" + ("†" if d.seeds < FEW_SEEDS else "")
 
 
 def accuracy_table(cells: dict, fractions: list[float]) -> list[str]:
@@ -130,8 +178,9 @@ def comparison_row(row: str, reference: str, fraction: float, a_lines: list[dict
 def comparison_table(intro: str, first_column: str, rows: list[str]) -> list[str]:
     if not rows:
         return []
+    note = [FEW_SEEDS_NOTE] if any("†" in row for row in rows) else []
     return ["", intro, "", f"| {first_column} | against | data | difference [95% interval] | p | paired seeds |",
-            "|---|---|---|---|---|---|", *rows]
+            "|---|---|---|---|---|---|", *rows, *([""] + note if note else [])]
 
 
 def against_standard(cells: dict, fractions: list[float]) -> list[str]:
@@ -143,9 +192,9 @@ def against_standard(cells: dict, fractions: list[float]) -> list[str]:
             continue
         rows += [comparison_row(row, reference, f, cells[row][f], cells[reference][f]) for f in fractions
                  if cells[row].get(f) and cells[reference].get(f)]
-    return comparison_table("Against standard fine-tuning at the same data (accuracy points; 95% bootstrap interval "
-                            "over seeds and test items, paired; p: paired permutation test over items on "
-                            "seed-averaged correctness):", "method", rows)
+    return comparison_table("Against standard fine-tuning at the same data (accuracy points, paired by seed and test "
+                            "item; 95% t interval whose variance counts seed-to-seed spread and test items, items of "
+                            "one cluster once (dsbs.stats); p: the same t-test, two-sided):", "method", rows)
 
 
 def teacher_labelled(lines: list[dict]) -> bool:
@@ -154,15 +203,16 @@ def teacher_labelled(lines: list[dict]) -> bool:
 
 def against_distill(cells: dict, fractions: list[float]) -> list[str]:
     """The paper's unlabeled setting: each row trained on the teacher's labels (``label_source: teacher``)
-    minus standard distillation (``distill``, also the teacher's labels) at the same data, paired."""
-    if "distill" not in cells:
-        return []
+    minus standard distillation (``distill``, also the teacher's labels; its variant's own, else the plain
+    one) at the same data, paired."""
     rows = []
     for row in sorted(cells, key=method_rank):
-        if row.partition(" [")[0] == "distill":
+        variant = row[row.index(" [") :] if " [" in row else ""
+        reference = next((c for c in (f"distill{variant}", "distill") if c in cells), None)
+        if reference is None or row.partition(" [")[0] == "distill":
             continue
-        rows += [comparison_row(row, "distill", f, cells[row][f], cells["distill"][f]) for f in fractions
-                 if cells[row].get(f) and cells["distill"].get(f) and teacher_labelled(cells[row][f])]
+        rows += [comparison_row(row, reference, f, cells[row][f], cells[reference][f]) for f in fractions
+                 if cells[row].get(f) and cells[reference].get(f) and teacher_labelled(cells[row][f])]
     return comparison_table("Without gold labels (the paper's unlabeled setting): against standard distillation on "
                             "the same teacher labels (same statistics):", "method", rows)
 
@@ -253,6 +303,11 @@ def caveats(lines: list[dict]) -> str:
     """What separates these runs from the paper's setting, read from their settings."""
     first = lines[0]
     notes = []
+    if any(not r.get("protocol") for r in lines):
+        notes.append("some runs predate the paper's split order (validation held out of the whole pool, selected on "
+                     "gold labels also in the unlabeled setting): they stay, labelled, until rerun")
+    if item_clusters(lines):
+        notes.append(f"{len(set(item_clusters(lines)))} clusters of test items (counted once each)")
     pool = (first.get("train_settings") or {}).get("pool_size")
     if pool:
         notes.append(f"training pool capped at {pool} rows")
@@ -264,10 +319,10 @@ def caveats(lines: list[dict]) -> str:
 def markdown(groups: dict) -> str:
     out = []
     for (task, student), cells in sorted(groups.items()):
-        some = next(lines for fractions in cells.values() for lines in fractions.values())
+        every = [r for fractions in cells.values() for lines in fractions.values() for r in lines]
         fractions = sorted({f for fractions in cells.values() for f in fractions})
-        note = caveats(some)
-        out += [f"### {task} — student {student} (test n = {some[0]['test_n']}{'; ' + note if note else ''})", ""]
+        note = caveats(every)
+        out += [f"### {task} — student {student} (test n = {every[0]['test_n']}{'; ' + note if note else ''})", ""]
         out += accuracy_table(cells, fractions)
         out += against_standard(cells, fractions)
         out += against_distill(cells, fractions)
@@ -292,7 +347,7 @@ def cell_interval(lines: list[dict]) -> tuple[float, float, float]:
 
     m = matrix(lines)
     if m is not None:
-        mean, low, high = mean_interval(m)
+        mean, low, high = mean_interval(m, clusters=item_clusters(lines))
         return mean, mean - low, high - mean
     accs = [100 * r["test_accuracy"] for r in lines]
     spread = statistics.stdev(accs) if len(accs) > 1 else 0.0

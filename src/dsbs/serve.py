@@ -273,7 +273,9 @@ def create_app(config: ServeConfig):
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": name, "method": meta["method"], "task": meta["task"]}
+        return {"status": "ok", "model": name, "method": meta["method"], "task": meta["task"],
+                "choices": task.label_choices("") if task and task.label_choices is not None and not
+                task.paper_layout else None}
 
     @app.post("/predict", response_model=PredictResponse)
     async def predict_endpoint(request: PredictRequest) -> dict:

@@ -11,23 +11,32 @@ import hashlib
 import json
 import os
 import random
-import re
 import sqlite3
 import sys
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from dsbs.configs import TeachConfig
-from dsbs.errors import MissingDependency, UserError
+from dsbs.errors import DataError, MissingDependency, UserError
 from dsbs.files import exclusive, write_atomic
-from dsbs.models import DEFAULT_STUDENT
-from dsbs.prompts import chat_messages, completion_prompt, exemplars_from_rows, load_prompt
+from dsbs.names import DEFAULT_STUDENT
+from dsbs.prompts import (
+    PromptSpec,
+    chat_messages,
+    completion_prompt,
+    exemplars_from_rows,
+    load_prompt,
+    own_instruction,
+    prompt_json,
+    worked_answer,
+)
+from dsbs.redaction import redact, safe_url
 from dsbs.tasks import TaskConfig, get_task
-from dsbs.tasks.common import resolve_data_dir
+from dsbs.tasks.common import cut_at_next_example, resolve_data_dir
 
 
 class RetryableError(Exception):
@@ -65,33 +74,6 @@ def call_with_retries(call, max_retries: int, sleep=time.sleep, max_retry_after:
                 if on_capped:
                     on_capped(err.retry_after)
             sleep(delay)
-
-
-_BEARER = re.compile(r"(?i)((?:bearer|basic)\s+)[^\s\"',;]+")
-_KEY_LIKE = re.compile(r"(?i)\b(sk|pk|hf|rk)[-_][A-Za-z0-9_\-]{8,}")
-_KEY_PARAM = re.compile(r"(?i)((?:api[_-]?key|key|token|access_token|password)=)[^&\s\"']+")
-
-
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """``text`` without credentials: bearer and basic tokens, key-shaped strings, key=... and ``secrets``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
-    text = _BEARER.sub(r"\1[redacted]", text)
-    text = _KEY_PARAM.sub(r"\1[redacted]", text)
-    return _KEY_LIKE.sub("[redacted]", text)
-
-
-def safe_url(url: str | None) -> str | None:
-    """A URL as it may be stored: no user:password@, no credential query parameters."""
-    if not url:
-        return url
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return redact(urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment)))
 
 
 def reply_limit(config: TeachConfig) -> int:
@@ -297,15 +279,6 @@ def majority(parsed: list[tuple[str | None, str | None]]) -> tuple[str | None, s
     return (agreeing[0] if agreeing else None), label, agreeing
 
 
-def teacher_prompt(task_config: TaskConfig, config: TeachConfig, task, rows):
-    """The few-shot prompt: a file, the task's own, or (own tasks) exemplars from its labelled rows."""
-    from dsbs.prompts import PromptSpec
-
-    if config.prompt_file or task.paper_layout:
-        return load_prompt(config.prompt_file or task_config.task)
-    return PromptSpec("", "Q: {input}\nA:", ("\nQ:",), exemplars_from_rows(rows))
-
-
 def make_request(config: TeachConfig, spec, text: str) -> dict:
     sampling = {"temperature": config.temperature, "max_tokens": config.max_tokens, "stop": list(spec.stop)}
     if config.api == "chat":
@@ -354,54 +327,179 @@ def ask_all(backend, pending: list, cache: "AnswerCache", config: TeachConfig, a
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def teach(task_config: TaskConfig, config: TeachConfig) -> dict:
-    """Annotate, write the outputs, return the summary (also written as teach_summary.json)."""
-    with exclusive(config.output, "teach"):
-        return _teach(task_config, config)
+class Teacher:
+    """The backend, started on first need: a run answered wholly from the cache starts none."""
+
+    def __init__(self, config: TeachConfig):
+        self.config, self.backend = config, None
+
+    def started(self):
+        if self.backend is None:
+            self.backend = HTTPBackend(self.config) if self.config.backend == "openai" else LocalBackend(self.config)
+        return self.backend
 
 
-def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
-    from tqdm.auto import tqdm
-
-    task = get_task(task_config)
-    split = config.split or task.train_split
-    rows = task.load(split)
-    rows = rows[: config.limit] if config.limit else rows
-    spec = teacher_prompt(task_config, config, task, rows)
-    output = Path(config.output)
-    cache = AnswerCache(output / "cache.sqlite")
-    answers: dict[tuple[int, int], dict] = {}
-    pending = []
-    for i, row in enumerate(rows):
-        request = make_request(config, spec, row.input)
-        for s in range(config.samples):
+def ask_pending(teacher: Teacher, requests: list[tuple[int, dict]], cache: AnswerCache, config: TeachConfig,
+                samples: int, on_answer=None) -> tuple[dict, Counter]:
+    """Answers of every (row index, request) for each sample, from the cache or the teacher."""
+    answers, pending = {}, []
+    for i, request in requests:
+        for s in range(samples):
             key = request_key(config, request, s)
             cached = cache.get(key)
             if cached is not None:
                 answers[(i, s)] = cached
             else:
                 pending.append((i, s, request, key))
-    started, stats = time.perf_counter(), Counter(cached=len(answers))
-    bar = tqdm(total=len(rows) * config.samples, initial=len(answers), desc=f"teach {task.name}/{split}",
-               unit="answer")
+    stats = Counter(cached=len(answers))
+    if pending:
+        ask_all(teacher.started(), pending, cache, config, answers, stats, on_answer or (lambda i, answer: None))
+    return answers, stats
+
+
+def own_marker(task) -> str:
+    from dsbs.tasks.custom import DEFAULT_MARKER
+
+    return task.config.get("answer_marker") or DEFAULT_MARKER
+
+
+def zero_shot_prompt(task):
+    """A benchmark's built-in prompt without its exemplars, or an own task's instruction alone."""
+    if task.paper_layout:
+        return replace(load_prompt(task.name), exemplars=())
+    from dsbs.tasks.custom import label_set
+
+    labels = label_set(task.config.get("label_set"))
+    return PromptSpec(own_instruction(own_marker(task), labels, task.config.get("metric") == "equation"),
+                      "Q: {input}\nA:", ("\nQ:",), ())
+
+
+def teacher_prompt(task, config: TeachConfig, rows, teacher: Teacher, cache: AnswerCache) -> tuple:
+    """(prompt, how it was made): a prompt file, a benchmark's own, zero-shot, or an own task's exemplars from
+    its labelled rows (their rationales where they have them, else rationales the teacher writes for them)."""
+    if config.prompt_file:
+        return load_prompt(config.prompt_file), f"the prompt file {config.prompt_file}"
+    if config.zero_shot:
+        return zero_shot_prompt(task), "zero-shot: the instruction alone, no exemplars"
+    if task.paper_layout:
+        return load_prompt(task.name), f"the built-in prompt of {task.name}"
+    base = zero_shot_prompt(task)
+    exemplars = exemplars_from_rows(rows, own_marker(task), config.exemplars)
+    if exemplars:
+        return replace(base, exemplars=exemplars), f"exemplars from {len(exemplars)} labelled rows with a rationale"
+    exemplars = teacher_exemplars(task, config, rows, teacher, cache)
+    return replace(base, exemplars=exemplars), (f"exemplars written by the teacher for {len(exemplars)} labelled "
+                                                "rows, given their gold labels")
+
+
+def exemplar_candidates(rows, count: int) -> list:
+    """Labelled rows taken in turn from each label, so that the exemplars cover the labels."""
+    by_label: dict[str, list] = {}
+    for row in rows:
+        if row.label is not None:
+            by_label.setdefault(row.label, []).append(row)
+    queues, picked = list(by_label.values()), []
+    while queues and len(picked) < count:
+        picked += [queue.pop(0) for queue in queues][: count - len(picked)]
+        queues = [queue for queue in queues if queue]
+    return picked
+
+
+def written_rationale(task, text: str, row) -> str | None:
+    """The rationale of an answer written for ``row`` given its label; None if it argues for another label."""
+    marker = own_marker(task)
+    text = cut_at_next_example(text, ("\nQ:",))
+    rationale, label, _ = task.read_answer(text, row)
+    if label is not None and not task.labels_match(label, row.label):
+        return None
+    if rationale is None:  # no marker: the whole answer argues for the label it was given
+        rationale = text.split(marker)[0].strip()
+    return rationale if len(rationale.split()) >= 3 else None
+
+
+def teacher_exemplars(task, config: TeachConfig, rows, teacher: Teacher, cache: AnswerCache) -> tuple:
+    """Exemplars for an own task whose rows have no rationales: the teacher explains labelled rows' gold labels."""
+    candidates = exemplar_candidates(rows, 2 * config.exemplars)
+    if not candidates:
+        raise DataError("no labelled rows to make exemplars from, and no rationales: pass --zero-shot, or "
+                        "--prompt-file with exemplars you wrote (its format: dsbs teach --help)")
+    marker = own_marker(task)
+    spec = PromptSpec(f"The correct answer to each question is given. Explain step by step why it is correct, "
+                      f"then end with '{marker}' and the answer.", "Q: {input}\nA:", ("\nQ:",), ())
+    requests = [(i, make_request(config, spec, f"{row.input}\n(The correct answer: {row.label}.)"))
+                for i, row in enumerate(candidates)]
+    print(f"writing exemplars: the teacher explains {len(candidates)} labelled rows", file=sys.stderr)
+    answers, _ = ask_pending(teacher, requests, cache, config, samples=1)
+    exemplars = []
+    for i, row in enumerate(candidates):
+        rationale = written_rationale(task, answers[(i, 0)]["text"], row) if "text" in answers[(i, 0)] else None
+        if rationale and len(exemplars) < config.exemplars:
+            exemplars.append((row.input, worked_answer(rationale, marker, row.label)))
+    if not exemplars:
+        raise TeacherStopped(f"the teacher wrote no usable rationale for the {len(candidates)} labelled rows it was "
+                             "asked to explain: pass --zero-shot, or --prompt-file with exemplars you wrote (its "
+                             "format: dsbs teach --help)")
+    return tuple(exemplars)
+
+
+def teach(task_config: TaskConfig, config: TeachConfig) -> dict:
+    """Annotate, write the outputs, return the summary (also written as teach_summary.json)."""
+    with exclusive(config.output, "teach"):
+        return _teach(task_config, config)
+
+
+def resolve_api(config: TeachConfig) -> TeachConfig:
+    """``config`` with --api auto decided: an in-process instruction-tuned model answers a bare completion
+    prompt with an end-of-text token, so the local backend speaks chat."""
+    if config.api != "auto":
+        return config
+    return replace(config, api="chat" if config.backend == "local" and has_chat_template(config.model) else
+                   "completion")
+
+
+def has_chat_template(model: str) -> bool:
+    """A GGUF file (the bundled teacher's included) carries one; a transformers model may."""
+    if _gguf_path(model) is not None:
+        return True
+    from transformers import AutoTokenizer
+
+    return bool(getattr(AutoTokenizer.from_pretrained(model), "chat_template", None))
+
+
+def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
+    from tqdm.auto import tqdm
+
+    config = resolve_api(config)
+    task = get_task(task_config)
+    split = config.split or task.train_split
+    rows = task.load(split)
+    rows = rows[: config.limit] if config.limit else rows
+    output = Path(config.output)
+    cache, teacher = AnswerCache(output / "cache.sqlite"), Teacher(config)
+    spec, prompt_source = teacher_prompt(task, config, rows, teacher, cache)
+    write_atomic(output / "prompt.json", prompt_json(spec))
+    started = time.perf_counter()
+    bar = tqdm(total=len(rows) * config.samples, desc=f"teach {task.name}/{split}", unit="answer")
+    parsed = Counter()
 
     def on_answer(i: int, answer: dict) -> None:
-        stats["failed" if "error" in answer else "answered"] += 1
-        stats["cut_replies"] += bool(answer.get("cut"))
+        parsed["failed" if "error" in answer else "answered"] += 1
         if "text" in answer:
-            stats["tokens"] += (answer.get("prompt_tokens") or 0) + (answer.get("completion_tokens") or 0)
-            stats["parse_failures"] += task.read_answer(answer["text"], rows[i])[1] is None
+            parsed["tokens"] += (answer.get("prompt_tokens") or 0) + (answer.get("completion_tokens") or 0)
+            parsed["parse_failures"] += task.read_answer(answer["text"], rows[i])[1] is None
         bar.update(1)
-        bar.set_postfix(failed=stats["failed"], unparsed=stats["parse_failures"], tokens=stats["tokens"])
+        bar.set_postfix(failed=parsed["failed"], unparsed=parsed["parse_failures"], tokens=parsed["tokens"])
 
-    if pending:  # the backend starts only if something is not cached
-        backend = HTTPBackend(config) if config.backend == "openai" else LocalBackend(config)
-        ask_all(backend, pending, cache, config, answers, stats, on_answer)
+    requests = [(i, make_request(config, spec, row.input)) for i, row in enumerate(rows)]
+    answers, stats = ask_pending(teacher, requests, cache, config, config.samples, on_answer)
     bar.close()
+    stats.update(parsed)
     records = [record_for(task, config, i, row, [answers[(i, s)] for s in range(config.samples)])
                for i, row in enumerate(rows)]
     files = write_outputs(task_config, task, split, records, output)
-    summary = summarize(task, split, records, stats, config, files, time.perf_counter() - started)
+    exemplar_inputs = {x for x, _ in spec.exemplars}
+    summary = summarize(task, split, records, stats, config, files, time.perf_counter() - started, exemplar_inputs)
+    summary["prompt"] = prompt_source
     from dsbs.hub import write_teach_dataset
 
     summary["files"].append(str(write_teach_dataset(output, task, split, records, summary, spec, config)))
@@ -417,8 +515,8 @@ def record_for(task, config: TeachConfig, i: int, row, got: list[dict]) -> dict:
     # the completion written for training is one whose parsed label is the majority's
     chosen = next((k for k, (_, lab, _) in enumerate(read) if label is not None and lab == label), 0)
     return {
-        "index": i, "input": row.input, "gold": row.label, "rationale": rationale, "label": label,
-        "label_as_written": read[chosen][2] if label is not None else None,
+        "index": i, "id": row.id, "input": row.input, "label": row.label, "rationale": rationale,
+        "teacher_label": label, "label_as_written": read[chosen][2] if label is not None else None,
         "agreeing_rationales": agreeing if config.samples > 1 else None, "completions": texts, "chosen": chosen,
         "errors": [a["error"] for a in got if "error" in a], "cut_replies": sum(bool(a.get("cut")) for a in got),
         "prompt_tokens": sum(a.get("prompt_tokens") or 0 for a in got if "text" in a),
@@ -427,17 +525,20 @@ def record_for(task, config: TeachConfig, i: int, row, got: list[dict]) -> dict:
 
 
 def summarize(task, split: str, records: list[dict], stats: Counter, config: TeachConfig, files: list[str],
-              seconds: float) -> dict:
-    graded = [r for r in records if r["gold"] is not None]
+              seconds: float, exemplar_inputs: set[str]) -> dict:
+    labelled = [r for r in records if r["label"] is not None]
+    # an exemplar's answer is in the prompt: the teacher is scored on the other rows only
+    graded = [r for r in labelled if r["input"] not in exemplar_inputs]
     # scored as the paper scores it: the label as the teacher wrote it
-    correct = sum(r["label_as_written"] is not None and task.labels_match(r["label_as_written"], r["gold"])
+    correct = sum(r["label_as_written"] is not None and task.labels_match(r["label_as_written"], r["label"])
                   for r in graded)
     return {
         "task": task.name, "split": split, "items": len(records), "requests_made": stats["answered"] + stats["failed"],
         "answers_from_cache": stats["cached"], "failed_items": sum(1 for r in records if not r["completions"]),
-        "parse_failures": sum(1 for r in records if r["completions"] and r["label"] is None),
+        "parse_failures": sum(1 for r in records if r["completions"] and r["teacher_label"] is None),
         "cut_replies": sum(r["cut_replies"] for r in records), "retry_after_capped": stats["retry_after_capped"],
         "teacher_accuracy": round(correct / len(graded), 4) if graded else None,
+        "teacher_accuracy_rows": len(graded), "exemplar_rows_not_scored": len(labelled) - len(graded),
         "prompt_tokens": sum(r["prompt_tokens"] for r in records),
         "completion_tokens": sum(r["completion_tokens"] for r in records),
         "seconds": round(seconds, 2), "files": files,
@@ -446,33 +547,42 @@ def summarize(task, split: str, records: list[dict], stats: Counter, config: Tea
 
 
 def write_outputs(task_config: TaskConfig, task, split: str, records: list[dict], output: Path) -> list[str]:
-    """Outputs in the layout the loaders read, plus every raw completion and its token usage.
+    """The output as a task (``task.json``: `dsbs train --task OUTPUT` reads it), plus every raw completion.
 
     A benchmark gets the paper's layout (its gold rows, the other splits' gold files, and
-    llm/{split}_CoT_0.json aligned by position), so `--data-dir OUTPUT` trains on it; any other
-    task gets a JSONL file with input, label, rationale and teacher_label fields.
+    llm/{split}_CoT_0.json aligned by position); an own task gets ``{split}.jsonl`` with the fields
+    id, input, label (gold), rationale and teacher_label, the same names as the parquet and card.
     """
-    written, name = [], task.name
+    from dsbs.tasks.taught import RECORD
+
     if task.paper_layout:
-        source = resolve_data_dir(task_config.data_dir) / name
-        target = output / name
-        for gold in source.glob(f"{name}_*.json"):
-            lines = gold.read_text(encoding="utf-8").splitlines(keepends=True)
-            keep = [line for line in lines if line.strip()]
-            if gold.name == f"{name}_{split}.json":
-                keep = keep[: len(records)]
-            write_atomic(target / gold.name, "".join(keep))
-        # the loader parses one text per row: the one whose label won the vote
-        completions = [r["completions"][r["chosen"]] if r["completions"] else "" for r in records]
-        write_atomic(target / "llm" / f"{split}_CoT_0.json", json.dumps(completions, ensure_ascii=False))
-        written += [str(target / f"{name}_{split}.json"), str(target / "llm" / f"{split}_CoT_0.json")]
-        details = target / "llm" / f"{split}_teacher.jsonl"
+        written, details = write_paper_layout(task_config, task.name, split, records, output)
+        record = {"benchmark": task.name, "split": split}
     else:
-        rows = [{"input": r["input"], "label": r["gold"], "rationale": r["rationale"], "teacher_label": r["label"]}
-                for r in records]
-        path = output / f"{name}_{split}.jsonl"
+        rows = [{"id": r["id"], "input": r["input"], "label": r["label"], "rationale": r["rationale"],
+                 "teacher_label": r["teacher_label"]} for r in records]
+        path = output / f"{split}.jsonl"
         write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-        written.append(str(path))
-        details = output / f"{name}_{split}_teacher.jsonl"
+        written, details = [str(path)], output / "llm" / f"{split}_teacher.jsonl"
+        record = {"name": task.name, "split": split, "file": path.name, "source": task.config}
     write_atomic(details, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    return written + [str(details)]
+    write_atomic(output / RECORD, json.dumps(record, indent=2))
+    return written + [str(details), str(output / RECORD)]
+
+
+def write_paper_layout(task_config: TaskConfig, name: str, split: str, records: list[dict],
+                       output: Path) -> tuple[list[str], Path]:
+    """OUTPUT/{name}/: the gold files of every split and the teacher's completions of ``split``, as released."""
+    source = resolve_data_dir(task_config.data_dir) / name
+    target = output / name
+    for gold in source.glob(f"{name}_*.json"):
+        lines = gold.read_text(encoding="utf-8").splitlines(keepends=True)
+        keep = [line for line in lines if line.strip()]
+        if gold.name == f"{name}_{split}.json":
+            keep = keep[: len(records)]
+        write_atomic(target / gold.name, "".join(keep))
+    # the loader parses one text per row: the one whose label won the vote
+    completions = [r["completions"][r["chosen"]] if r["completions"] else "" for r in records]
+    write_atomic(target / "llm" / f"{split}_CoT_0.json", json.dumps(completions, ensure_ascii=False))
+    written = [str(target / f"{name}_{split}.json"), str(target / "llm" / f"{split}_CoT_0.json")]
+    return written, target / "llm" / f"{split}_teacher.jsonl"

@@ -19,13 +19,21 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
-from dsbs.batching import IGNORE_INDEX, collate, collate_shared, encode_item, encode_shared, items_for
+from dsbs.batching import (
+    IGNORE_INDEX,
+    collate,
+    collate_shared,
+    encode_item,
+    encode_shared,
+    items_for,
+    training_label,
+)
 from dsbs.checkpoint import gather, latest_checkpoint, load_training_state, save_model
 from dsbs.configs import TrainConfig
 from dsbs.errors import ConfigError, DataError, MissingDependency
 from dsbs.files import exclusive, write_atomic
 from dsbs.methods import LABEL_TASK, RATIONALE_TASK, TASK_NAMES, Method, get_method
-from dsbs.tasks import TaskConfig, get_task
+from dsbs.tasks import TaskConfig, data_digest, get_task
 from dsbs.tasks.common import Task, split_validation, subsample
 
 __all__ = ["TrainConfig", "train"]
@@ -34,14 +42,95 @@ __all__ = ["TrainConfig", "train"]
 def select_rows(pool: list, config: TrainConfig) -> tuple[list, list]:
     """(training rows, validation rows) of a run.
 
-    The validation split and the pool cap are fixed draws (seed 0), so every seed and fraction
-    is selected on the same rows and samples the same pool; only the fraction is drawn per seed.
+    The paper's order (its run.py): cap the pool (one fixed draw, seed 0, for every seed), take the
+    seeded fraction, then hold out validation from that subsample, so that a run at a small
+    fraction selects on no more labelled rows than its budget holds. The ``pool`` order (dsbs before
+    0.2) holds validation out of the whole pool first: every fraction then selects on the same rows.
     """
-    train_rows, val_rows = split_validation(pool, config.val_fraction, seed=0)
-    if config.pool_size and config.pool_size < len(train_rows):
-        train_rows = subsample(train_rows, config.pool_size / len(train_rows), seed=0)
-    train_rows = subsample(train_rows, config.data_fraction, config.seed)
+    if config.split_order == "pool":
+        train_rows, val_rows = split_validation(pool, config.val_fraction, seed=0)
+        train_rows = subsample(cap_pool(train_rows, config.pool_size), config.data_fraction, config.seed)
+    else:
+        chosen = subsample(cap_pool(pool, config.pool_size), config.data_fraction, config.seed)
+        train_rows, val_rows = split_validation(chosen, config.val_fraction, seed=0)
     return train_rows, val_rows[: config.eval_limit] if config.eval_limit else val_rows
+
+
+def cap_pool(rows: list, pool_size: int | None) -> list:
+    return subsample(rows, pool_size / len(rows), seed=0) if pool_size and pool_size < len(rows) else rows
+
+
+SMALL_VALIDATION = 100  # below it, --keep-model auto keeps the last step: the best of so few rows is mostly noise
+
+
+def kept_step(keep_model: str, validation_rows: int) -> str:
+    """Which step model/ holds: best or last; auto decides by the number of validation rows."""
+    if keep_model != "auto":
+        return keep_model
+    return "best" if validation_rows >= SMALL_VALIDATION else "last"
+
+
+RATIONALE_MIN_SHARE = 0.5  # below it, a method that learns from rationales stops (--allow-missing-rationales)
+
+
+def training_groups(rows: list, method: Method, label_source: str) -> tuple[list, list[dict]]:
+    """Each row's items, and a note for every row that lacks a part the method learns from: what, and
+    whether the row is dropped or trains on the rest."""
+    groups, notes = [], []
+    source = label_source if method.labels == "chosen" else method.labels
+    for row in rows:
+        items = items_for(row, method, label_source)
+        missing = []
+        if training_label(row, method, label_source) is None:
+            missing.append("gold label" if source == "gold" else "teacher label")
+        if method.rationale != "none" and row.rationale is None:
+            missing.append("rationale")
+        if items:
+            groups.append(items)
+        if missing:
+            notes.append({"where": row.where or row.id, "id": row.id, "missing": missing, "dropped": not items})
+    return groups, notes
+
+
+def check_training_rows(task: Task, method: Method, config: TrainConfig, rows: list, groups: list,
+                        with_rationale: int) -> None:
+    """Stop, with the counts and where each part comes from, when the rows cannot train what the method claims."""
+    fields = task.fields()
+    source = config.label_source if method.labels == "chosen" else method.labels
+    label_part = "label" if source == "gold" else "teacher_label"
+    if not groups:
+        needs = ("gold labels" if source == "gold" else "teacher labels") + (
+            " and rationales" if method.rationale == "target" else "")
+        raise DataError(f"no training examples for method {config.method!r}: it learns {needs}, and none of the "
+                        f"{len(rows)} training rows has what it needs ({label_part.replace('_', ' ')}: "
+                        f"{fields[label_part]})")
+    if method.rationale == "none" or config.allow_missing_rationales:
+        return
+    if with_rationale < RATIONALE_MIN_SHARE * len(rows):
+        raise DataError(
+            f"{config.method} learns from rationales, but only {with_rationale} of {len(rows)} training rows have "
+            f"one ({fields['rationale']}). Let a teacher write them (dsbs teach --task YOUR_TASK --output runs/teach, "
+            "then dsbs train --task runs/teach), name the right field, or pass --allow-missing-rationales to train "
+            "anyway" + (" (rows without one learn the label alone)" if method.rationale == "task" else ""))
+
+
+def write_skipped(path: Path, notes: list[dict]) -> None:
+    write_atomic(path, "".join(json.dumps(note) + "\n" for note in notes))
+
+
+def report_notes(notes: list[dict], path: Path, shown: int = 5) -> None:
+    """The first few rows that lack something, then a count; all of them are in ``path``."""
+    for kind, rows in (("skipped", [n for n in notes if n["dropped"]]),
+                       ("trained without their " + "/".join(sorted({m for n in notes if not n["dropped"]
+                                                                   for m in n["missing"]})),
+                        [n for n in notes if not n["dropped"]])):
+        if not rows:
+            continue
+        print(f"{len(rows)} training row(s) {kind} (all listed in {path}):", file=sys.stderr)
+        for note in rows[:shown]:
+            print(f"  {note['where']}: no {' and no '.join(note['missing'])}", file=sys.stderr)
+        if len(rows) > shown:
+            print(f"  ... and {len(rows) - shown} more", file=sys.stderr)
 
 
 def batch_indices(n: int, batch_size: int, seed: int, micro_step: int) -> list[int]:
@@ -170,6 +259,8 @@ class Run:
     precision: str
     seq2seq: bool
     shared: bool  # each example is one shared-pass feature (encode_shared) instead of one per item
+    keep_model: str  # best or last (--keep-model auto resolved)
+    budget_rows: int  # labelled rows the run may read before its test: training plus validation
     step: int = 0
     best: dict = field(default_factory=lambda: {"accuracy": None, "step": None})
     clock: "PhaseClock | None" = None  # set in setup; times phases only under --phase-times
@@ -236,6 +327,8 @@ def restore(run: Run, checkpoint: Path) -> None:
         run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
     run.step, run.best = state["step"], state["best"]
     if state["max_steps"] != run.max_steps:
         print(f"warning: checkpoint was made for {state['max_steps']} steps, this run has {run.max_steps}",
@@ -255,11 +348,10 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
     task, method = get_task(task_config), get_method(config.method)
     pool = task.load(config.train_split or task.train_split)
     train_rows, val_rows = select_rows(pool, config)
-    groups = [g for g in (items_for(e, method, config.label_source) for e in train_rows) if g]
-    if not groups:
-        raise DataError(f"no training examples for method {config.method!r}: it needs "
-                        + ("teacher labels" if method.labels == "teacher" else
-                           "labels" + (" and rationales" if method.rationale != "none" else "")))
+    groups, notes = training_groups(train_rows, method, config.label_source)
+    rationale_examples = len(groups) - sum(not n["dropped"] and "rationale" in n["missing"] for n in notes)
+    check_training_rows(task, method, config, train_rows, groups, rationale_examples)
+    val_rows = [e for e in val_rows if training_label(e, method, config.label_source) is not None]
     model, tokenizer, lora = build_student(config, checkpoint, accelerator)
     seq2seq = is_seq2seq(model.config)
     # under FSDP a seq2seq shared pass could run a task's decoder on some processes and not others
@@ -273,12 +365,14 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     schedule = partial(lr_factor, warmup_steps=config.warmup_steps, max_steps=max_steps)
-    meta = {"method": config.method, "task": task.name, "student": config.student, "alpha": config.alpha,
-            "rationale_weight": config.rationale_weight, "label_source": config.label_source,
+    meta = {"method": config.method, "task": task.name, "task_config": task.config, "student": config.student,
+            "alpha": config.alpha, "rationale_weight": config.rationale_weight, "label_source": config.label_source,
             "label_max_tokens": task.label_max_tokens, "max_input_tokens": config.max_input_tokens,
             "max_target_tokens": config.max_target_tokens, "seq2seq": seq2seq, "train_examples": len(groups),
-            "lora_rank": config.lora_rank, "prompt_form": config.prompt_form,
-            "rationales": "the teacher's, from the task data" if method.rationale != "none" else "not used"}
+            "rationale_examples": rationale_examples if method.rationale != "none" else None,
+            "skipped_rows": sum(n["dropped"] for n in notes), "lora_rank": config.lora_rank,
+            "prompt_form": config.prompt_form, "markers": config.markers,
+            "rationales": task.origin if method.rationale != "none" else "not used"}
     run = Run(config=config, task=task, method=method, output=output, accelerator=accelerator, model=model,
               tokenizer=tokenizer, lora=lora, optimizer=optimizer,
               scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), features=features,
@@ -286,22 +380,30 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
               max_steps=max_steps,
               save_interval=config.save_interval or config.eval_interval or max(1, max_steps // 10),
               precision=resolve_precision(config.precision, accelerator.device.type), seq2seq=seq2seq, shared=shared,
+              keep_model=kept_step(config.keep_model, len(val_rows)), budget_rows=len(train_rows) + len(val_rows),
               clock=PhaseClock(accelerator.device.type, on=config.phase_times))
     if checkpoint:
         restore(run, checkpoint)
     if run.main:
         output.mkdir(parents=True, exist_ok=True)
-        resolved = {"task": asdict(task_config), "train": asdict(config), "max_steps": max_steps,
-                    "precision": run.precision, "device": accelerator.device.type, "processes": run.world,
-                    "train_examples": len(groups), "skipped_examples": len(train_rows) - len(groups),
-                    "validation_examples": len(val_rows), "pool_examples": len(pool), "student_is_seq2seq": seq2seq,
-                    "shared_pass": shared}
+        resolved = {"task": asdict(task_config), "task_read_as": task.config, "train": asdict(config),
+                    "settings": run_settings(task_config, config),
+                    "max_steps": max_steps, "precision": run.precision, "device": accelerator.device.type,
+                    "processes": run.world, "train_examples": len(groups), "rationale_examples": rationale_examples,
+                    "skipped_examples": len(train_rows) - len(groups), "validation_examples": len(val_rows),
+                    "pool_examples": len(pool), "student_is_seq2seq": seq2seq, "shared_pass": shared}
+        write_skipped(output / "skipped.jsonl", notes)
         write_atomic(output / "train_config.json", json.dumps(resolved, indent=2))
     if run.main:  # progress on stderr: stdout carries the summary
         print(f"training {config.method} on {task.name}: {len(groups)} examples "
-              f"({len(train_rows) - len(groups)} skipped), {len(val_rows)} validation, {max_steps} steps, "
+              + (f"({rationale_examples} with a rationale) " if method.rationale != "none" else "")
+              + f"of {len(train_rows)} rows, {len(val_rows)} validation, {max_steps} steps, "
               f"{run.precision} on {accelerator.device.type}" + (f" x {run.world} processes" if run.world > 1 else "")
               + (f", resumed at step {run.step}" if checkpoint else ""), file=sys.stderr)
+        report_notes(notes, output / "skipped.jsonl")
+        if config.keep_model == "auto" and run.keep_model == "last" and val_rows:
+            print(f"keeping the last step: {len(val_rows)} validation rows are fewer than {SMALL_VALIDATION}, too few "
+                  "to pick a best step by (--keep-model best to pick anyway)", file=sys.stderr)
     return run
 
 
@@ -310,8 +412,10 @@ def encode_features(groups: list, tokenizer, seq2seq: bool, config: TrainConfig,
     """Per example, its encoded items: one shared-pass feature, or one feature per item."""
     limits = (config.max_input_tokens, config.max_target_tokens)
     if shared:
-        return [[encode_shared(tokenizer, g, seq2seq, *limits, decoder_start=decoder_start)] for g in groups]
-    return [[encode_item(tokenizer, item, seq2seq, *limits, form=config.prompt_form, decoder_start=decoder_start)
+        return [[encode_shared(tokenizer, g, seq2seq, *limits, decoder_start=decoder_start, markers=config.markers)]
+                for g in groups]
+    return [[encode_item(tokenizer, item, seq2seq, *limits, form=config.prompt_form, decoder_start=decoder_start,
+                         markers=config.markers)
              for item in g] for g in groups]
 
 
@@ -425,12 +529,13 @@ def train_step(run: Run) -> tuple[list[float], int, float]:
     return sums.tolist(), sum(counts.values()), lr
 
 
-def validation_accuracy(model, tokenizer, meta, task, rows, batch_size) -> float:
+def validation_accuracy(model, tokenizer, meta, task, rows, labels: list[str], batch_size) -> float:
+    """Accuracy on ``rows`` against ``labels``: the labels the method learns (teacher labels in the unlabeled
+    setting, so that no gold label is read before the test)."""
     from dsbs.inference import predict
 
     predictions = predict(model, tokenizer, meta, [e.input for e in rows], batch_size=batch_size)
-    gold = [e.label if e.label is not None else e.teacher_label for e in rows]
-    return sum(task.labels_match(p["label"], g) for p, g in zip(predictions, gold, strict=True)) / len(rows)
+    return sum(task.labels_match(p["label"], g) for p, g in zip(predictions, labels, strict=True)) / len(rows)
 
 
 def validate(run: Run, log) -> None:
@@ -440,10 +545,11 @@ def validate(run: Run, log) -> None:
         return
     if run.config.fsdp:  # seq2seq generate() calls the encoder directly, outside the hook that gathers shared weights
         run.model.unshard()
-    accuracy = validation_accuracy(run.model, run.tokenizer, run.meta, run.task, run.val_rows,
+    labels = [training_label(e, run.method, run.config.label_source) for e in run.val_rows]
+    accuracy = validation_accuracy(run.model, run.tokenizer, run.meta, run.task, run.val_rows, labels,
                                    run.config.eval_batch_size)
     run.model.train()
-    if run.config.keep_model == "last":
+    if run.keep_model == "last":
         improved = run.step == run.max_steps
     else:
         improved = run.best["accuracy"] is None or accuracy > run.best["accuracy"]
@@ -466,6 +572,8 @@ def save_checkpoint(run: Run) -> None:
         target = run.output / "checkpoints" / f"step-{run.step:06d}"
         state = {"optimizer": optimizer_state, "scheduler": run.scheduler.state_dict(), "fsdp": run.config.fsdp,
                  "torch_rng": torch.get_rng_state(), "step": run.step, "best": run.best, "max_steps": run.max_steps}
+        if torch.cuda.is_available():  # dropout on the GPU draws from CUDA's generators, not the CPU's
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
         if run.lora is not None:
             from peft import get_peft_model_state_dict
 
@@ -592,7 +700,8 @@ def fit(run: Run) -> dict:
             log(meter.line(run.step, lr) | run.clock.take(steps))
         if (config.eval_interval and run.step % config.eval_interval == 0) or last:
             validate(run, log)
-        if run.step % run.save_interval == 0 or (last and config.keep_checkpoints):
+        # the last step's checkpoint only where it is kept: model/ and summary.json end the run
+        if (run.step % run.save_interval == 0 and not last) or (last and config.keep_checkpoints):
             save_checkpoint(run)
     bar.close()
     if tracker is not None:
@@ -605,7 +714,10 @@ def finish(run: Run, meter: Meter, seconds: float) -> dict:
     last_weights = gather(run.model, run.optimizer, run.config.fsdp)[0] if run.best["accuracy"] is None else None
     summary = {"steps": run.step, "max_steps": run.max_steps, "best_validation_accuracy": run.best["accuracy"],
                "best_step": run.best["step"], "train_examples": len(run.features),
-               "validation_examples": len(run.val_rows), "processes": run.world,
+               "validation_examples": len(run.val_rows), "budget_rows": run.budget_rows,
+               "kept_step": run.keep_model, "split_order": run.config.split_order,
+               "validation_labels": run.method.labels if run.method.labels != "chosen" else run.config.label_source,
+               "processes": run.world,
                "seconds_this_session": round(seconds, 1),
                "train_seconds_this_session": round(meter.total["seconds"], 2),
                "tokens_this_session": int(meter.total["tokens"]),
@@ -623,12 +735,44 @@ def finish(run: Run, meter: Meter, seconds: float) -> dict:
     return summary
 
 
+# settings that change how a run is watched or stored, not what it trains
+NOT_RESULT_SETTINGS = ("resume", "output", "report_to", "tracker_project", "log_interval", "phase_times",
+                       "keep_checkpoints", "save_interval", "eval_batch_size")
+
+
+def run_settings(task_config: TaskConfig, config: TrainConfig) -> dict:
+    """What defines a run's result: its task, the training settings that change it, and its data's contents."""
+    return {"task": asdict(task_config), "data": data_digest(task_config),
+            "train": {k: v for k, v in asdict(config).items() if k not in NOT_RESULT_SETTINGS}}
+
+
+def check_same_run(output: Path, settings: dict) -> None:
+    """--resume continues a run only with the settings it was started with; each difference is named."""
+    path = output / "train_config.json"
+    if not path.is_file():
+        return
+    before = json.loads(path.read_text()).get("settings")
+    if before is None:
+        raise DataError(f"{output} was trained by an older dsbs that did not record its settings: it cannot be "
+                        "checked against these; train into a new --output")
+    differing = [f"{part}.{key}: {before[part].get(key, 'not recorded')!r} in the run, {value!r} now"
+                 for part in ("task", "train") for key, value in settings[part].items()
+                 if before[part].get(key, "not recorded") != value]
+    if before["data"] != settings["data"]:
+        differing.append("data: the task's files changed since the run started")
+    if differing:
+        raise ConfigError(f"--resume: {output} holds a run with other settings:\n  " + "\n  ".join(differing)
+                          + "\nresume it with its own settings, or train into another --output")
+
+
 def train(task_config: TaskConfig, config: TrainConfig) -> dict:
     """Train a student and return the run summary (also written to ``summary.json``)."""
     import torch
     from accelerate import Accelerator
 
     output = Path(config.output)
+    if config.resume:
+        check_same_run(output, run_settings(task_config, config))  # before the finished-run shortcut
     if config.resume and (output / "summary.json").is_file():
         print(f"{output} already holds a finished run; nothing to do", file=sys.stderr)
         return json.loads((output / "summary.json").read_text())

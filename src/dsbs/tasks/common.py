@@ -10,6 +10,7 @@ from functools import partial
 from pathlib import Path
 
 from dsbs.errors import ConfigError, DataError
+from dsbs.names import default_cache_dir
 
 # single_task targets are "rationale + marker + label"; the label is read back after the last marker.
 SINGLE_TASK_MARKER = " So the answer is "
@@ -27,10 +28,18 @@ class Example:
     id: str = ""
     choices: tuple[str, ...] | None = None  # multiple choice: the row's options, verbatim
     teacher_answer: str | None = None  # the label as the teacher wrote it: what the paper scores
+    where: str = ""  # "file:line" of its row, for messages about it
+    cluster: str | None = None  # rows sharing one (e-SNLI's hypotheses of a premise) are not independent samples
 
 
 def keep_label(label: str, example: Example) -> str | None:
     return label
+
+
+def paper_fields() -> dict[str, str]:
+    """Where a benchmark row's parts come from, as messages name them."""
+    return {"label": "the gold label", "rationale": "the teacher's rationale (none where its answer did not parse)",
+            "teacher_label": "the teacher's label (none where its answer did not parse)"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,11 @@ class Task:
     paper_t5_base: dict = field(default_factory=dict)
     # where the rows come from and under which licences, for the cards of data derived from them
     sources: str = ""
+    # messages: where each part of a row (label, rationale, teacher_label) comes from
+    fields: Callable[[], dict[str, str]] = paper_fields
+    # how to read this task again (a TaskConfig as a dict), recorded with every student trained on it
+    config: dict = field(default_factory=dict)
+    origin: str = "the teacher's, from the task data"  # where its rationales come from, for model cards
 
     def read_answer(self, completion: str, example: Example) -> tuple[str | None, str | None, str | None]:
         """(rationale, label to train on, label as written) of a teacher completion for ``example``.
@@ -117,8 +131,6 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     elif os.environ.get("DSBS_DATA_DIR"):
         path = Path(os.environ["DSBS_DATA_DIR"])
     else:
-        from dsbs.data import default_cache_dir
-
         path = default_cache_dir() / "datasets"
         if not path.is_dir():
             raise DataError(
@@ -127,6 +139,16 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     if not path.is_dir():
         raise DataError(f"data directory {path} does not exist")
     return path
+
+
+def files_under(path: Path) -> list[Path]:
+    """A file, or the files of a directory and its folders (not hidden ones, answer caches or locks)."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    return sorted(f for f in path.rglob("*") if f.is_file() and ".sqlite" not in f.name
+                  and not any(part.startswith(".") for part in f.relative_to(path).parts))
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
@@ -245,7 +267,7 @@ def load_paper_split(
     examples = []
     for number, row in read_jsonl(path):
         fields = parse_row(row, f"{path}:{number}")
-        examples.append(Example(**fields, id=str(row.get("id", row.get("uid", number)))))
+        examples.append(Example(**fields, id=str(row.get("id", row.get("uid", number))), where=f"{path}:{number}"))
     completions = read_completions(Path(data_dir) / name / "llm", split)
     if completions is not None:
         if len(completions) != len(examples):
@@ -270,7 +292,7 @@ def paper_task(name: str, data_dir, parse_row, parse_completion, labels_match, *
     load = partial(load_paper_task_split, data_dir, name, parse_row=parse_row, parse_completion=parse_completion,
                    canonical_label=settings.get("canonical_label", keep_label))
     return Task(name=name, load=load, parse_completion=parse_completion, labels_match=labels_match, paper_layout=True,
-                **settings)
+                config={"task": name}, origin="the teacher's (PaLM 540B), from the paper's release", **settings)
 
 
 def split_validation(examples: list, fraction: float = 0.1, seed: int = 0) -> tuple[list, list]:

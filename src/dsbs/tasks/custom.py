@@ -1,5 +1,11 @@
-"""A user's own task: rows in a JSONL or CSV file, mapped to input, label, rationale, teacher label."""
+"""A user's own task: rows in a JSONL, CSV or `datasets` source, mapped to input, label, rationale, teacher label.
 
+Fields default to ``input``, ``label``, ``rationale`` and ``teacher_label``. A field named by its flag
+must exist in the file: a misspelling stops with the flag and the fields the file has, while a
+default field that is absent means the rows lack it (unlabeled rows, rows without rationales).
+"""
+
+import dataclasses
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +21,45 @@ from dsbs.tasks.common import (
     text_labels_match,
 )
 
+FIELD_DEFAULTS = {"input_field": "input", "label_field": "label", "rationale_field": "rationale",
+                  "teacher_label_field": "teacher_label"}
+DEFAULT_MARKER = "So the answer is"
+FILE_SUFFIXES = (".jsonl", ".json", ".csv")
+DATASET_SUFFIXES = (".parquet", ".arrow")
+# a file named like a split takes its task's name from its folder: data/reviews/train.csv is "reviews"
+SPLIT_NAMES = ("train", "test", "valid", "validation", "dev", "eval", "data", "rows")
+
+
+def field_name(config, key: str) -> str:
+    """The field a row holds ``key`` in: the flag's value, else the default."""
+    return getattr(config, key) or FIELD_DEFAULTS[key]
+
+
+def flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def answer_marker(config) -> str:
+    return config.answer_marker or DEFAULT_MARKER
+
+
+def label_set(text: str | None) -> tuple[str, ...] | None:
+    """--label-set's labels, or None where answers are open."""
+    return tuple(label.strip() for label in text.split(",") if label.strip()) if text else None
+
+
+def task_name(config) -> str:
+    """--name, else the dataset's or file's name (its folder's, for a file named like a split)."""
+    if config.name:
+        return config.name
+    if config.task.startswith("hf:"):
+        return config.task[3:].split(":")[0].split("/")[-1]
+    path = Path(config.task)
+    stem = path.stem if path.suffix else path.name
+    if stem.lower() in SPLIT_NAMES and path.resolve().parent.name:
+        return path.resolve().parent.name
+    return stem
+
 
 def _optional_text(row: dict, name: str, where: str) -> str | None:
     value = row.get(name)
@@ -25,14 +70,35 @@ def _optional_text(row: dict, name: str, where: str) -> str | None:
     return str(value)
 
 
+def _fields_of(row: dict) -> str:
+    return ", ".join(map(str, row)) or "none"
+
+
+def student_input(row: dict, config, where: str) -> str:
+    """The text the student reads for ``row``: its input field, or --input-template filled from its fields."""
+    if config.input_template:
+        try:
+            return config.input_template.format(**row)
+        except KeyError as err:
+            raise DataError(f"{where}: missing field {err.args[0]!r} used by --input-template; the row's fields are: "
+                            f"{_fields_of(row)}") from None
+    name = field_name(config, "input_field")
+    text = _optional_text(row, name, where)
+    if text is None:
+        state = "empty" if row.get(name) == "" else "missing"
+        raise DataError(f"{where}: {state} field {name!r} (--input-field); the row's fields are: {_fields_of(row)}")
+    return text
+
+
 def parse_completion(config, completion: str) -> tuple[str | None, str | None]:
     """(rationale, label) around the task's answer marker, checked against its label set or metric."""
-    rationale, answer = split_on_marker(cut_at_next_example(completion, ("\nQ:",)), config.answer_marker)
+    rationale, answer = split_on_marker(cut_at_next_example(completion, ("\nQ:",)), answer_marker(config))
     if rationale is None or not answer:
         return None, None
     answer = answer.splitlines()[0].strip().rstrip(".").strip()
-    if config.label_set:
-        allowed = {label.strip().lower(): label.strip() for label in config.label_set.split(",")}
+    labels = label_set(config.label_set)
+    if labels:
+        allowed = {label.lower(): label for label in labels}
         label = allowed.get(answer.lower())
         return (rationale, label) if label else (None, None)
     if config.metric == "equation" and not is_equation(answer):
@@ -41,32 +107,37 @@ def parse_completion(config, completion: str) -> tuple[str | None, str | None]:
 
 
 def row_to_example(row: dict, where: str, config) -> Example:
-    if config.input_template:
-        try:
-            text = config.input_template.format(**row)
-        except KeyError as err:
-            raise DataError(f"{where}: missing field {err.args[0]!r} used by --input-template") from None
-    else:
-        text = _optional_text(row, config.input_field, where)
-        if text is None:
-            raise DataError(f"{where}: missing field {config.input_field!r}")
     return Example(
-        input=text,
-        label=_optional_text(row, config.label_field, where),
-        rationale=_optional_text(row, config.rationale_field, where),
-        teacher_label=_optional_text(row, config.teacher_label_field, where),
+        input=student_input(row, config, where),
+        label=_optional_text(row, field_name(config, "label_field"), where),
+        rationale=_optional_text(row, field_name(config, "rationale_field"), where),
+        teacher_label=_optional_text(row, field_name(config, "teacher_label_field"), where),
         id=str(row.get("id", where.rsplit(":", 1)[-1])),
+        where=where,
+        cluster=_optional_text(row, config.cluster_field, where) if config.cluster_field else None,
     )
 
 
-def load_file(path: Path, config) -> list[Example]:
-    examples = [row_to_example(row, f"{path}:{number}", config) for number, row in read_records(path)]
-    if not examples:
+def check_named_fields(columns, config, source: str) -> None:
+    """A field named by its flag that no row holds is a misspelling, not a file without that field."""
+    present = set(columns)
+    for key in (*FIELD_DEFAULTS, "cluster_field"):
+        name = getattr(config, key)
+        if key != "input_field" and name is not None and name not in present:
+            raise DataError(f"{source}: no row has the field {name!r} given by {flag(key)}; the fields are: "
+                            f"{', '.join(map(str, columns)) or 'none'}")
+
+
+def load_file(path: Path, config, columns: dict | None = None) -> list[Example]:
+    """Every row of a JSONL or CSV file; ``columns`` (if given) learns the fields the file has, for messages."""
+    records = list(read_records(path))
+    if not records:
         raise DataError(f"{path}: no rows")
-    return examples
-
-
-DATASET_SUFFIXES = (".parquet", ".arrow")
+    fields = list(dict.fromkeys(name for _, row in records for name in row))
+    check_named_fields(fields, config, str(path))
+    if columns is not None:
+        columns[str(path)] = fields
+    return [row_to_example(row, f"{path}:{number}", config) for number, row in records]
 
 
 def is_dataset_source(source: str) -> bool:
@@ -74,6 +145,10 @@ def is_dataset_source(source: str) -> bool:
     path = Path(source)
     return source.startswith("hf:") or path.suffix.lower() in DATASET_SUFFIXES or (
         path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "dataset_info.json", "state.json")))
+
+
+def is_task_file(source: str) -> bool:
+    return Path(source).suffix.lower() in FILE_SUFFIXES or is_dataset_source(source)
 
 
 def open_dataset(source: str):
@@ -95,7 +170,7 @@ def open_dataset(source: str):
     return datasets.Dataset.from_file(str(path))
 
 
-def load_dataset_split(source: str, split: str, config) -> list[Example]:
+def load_dataset_split(source: str, split: str, config, columns: dict | None = None) -> list[Example]:
     """Rows of one split of a `datasets` source; errors name the dataset, split, row and field."""
     import datasets
 
@@ -105,51 +180,66 @@ def load_dataset_split(source: str, split: str, config) -> list[Example]:
             raise DataError(f"{source}: no split {split!r} (it has {', '.join(data)}); choose one with "
                             "--train-split or --split")
         data = data[split]
+    check_named_fields(data.column_names, config, f"{source} [{split}]")
+    if columns is not None:
+        columns[source] = list(data.column_names)
     examples = [row_to_example(row, f"{source} [{split}] row {number}", config) for number, row in enumerate(data)]
     if not examples:
         raise DataError(f"{source} [{split}]: no rows")
     return examples
 
 
-def _load(config, split: str) -> list[Example]:
-    if is_dataset_source(config.task):
-        single_file = not config.task.startswith("hf:") and not Path(config.task).is_dir()
-        if single_file and split == "test":  # one file is one split: the test rows come from --test-file
-            if not config.test_file:
-                raise DataError("this task has no test split: pass --test-file")
-            return _load_any(config.test_file, "test", config)
-        return load_dataset_split(config.task, "train" if single_file else split, config)
-    if split == "train":
-        return load_file(Path(config.task), config)
-    if split == "test":
+def _load(config, columns: dict, split: str) -> list[Example]:
+    single_file = not config.task.startswith("hf:") and not Path(config.task).is_dir()
+    if single_file and split == "test":  # one file is one split: the test rows come from --test-file
         if not config.test_file:
             raise DataError("this task has no test split: pass --test-file")
-        return _load_any(config.test_file, "test", config)
+        return load_any(config.test_file, "test", config, columns)
+    if is_dataset_source(config.task):
+        return load_dataset_split(config.task, "train" if single_file else split, config, columns)
+    if split == "train":
+        return load_file(Path(config.task), config, columns)
     raise DataError(f"unknown split {split!r} for a file task (train or test)")
 
 
-def _load_any(source: str, split: str, config) -> list[Example]:
+def load_any(source: str, split: str, config, columns: dict | None = None) -> list[Example]:
     if is_dataset_source(source):
-        return load_dataset_split(source, "train" if not Path(source).is_dir() else split, config)
-    return load_file(Path(source), config)
+        return load_dataset_split(source, "train" if not Path(source).is_dir() else split, config, columns)
+    return load_file(Path(source), config, columns)
+
+
+def describe_fields(config, columns: dict) -> dict[str, str]:
+    """How a message names where each of a row's parts comes from (the flag, and the fields the files have)."""
+    seen = "; the fields are: " + " / ".join(", ".join(map(str, c)) for c in columns.values()) if columns else ""
+    return {part: f"field {field_name(config, key)!r} ({flag(key)}{seen})"
+            for part, key in (("label", "label_field"), ("rationale", "rationale_field"),
+                              ("teacher_label", "teacher_label_field"))}
+
+
+def recorded_config(config) -> dict:
+    """The settings a student keeps to read this task's files again: paths made absolute, no data directory."""
+    recorded = dataclasses.asdict(config)
+    for key in ("task", "test_file"):
+        value = recorded[key]
+        if value and not value.startswith("hf:"):
+            recorded[key] = str(Path(value).resolve())
+    return {**recorded, "data_dir": None, "name": task_name(config)}
 
 
 def task(config) -> Task:
-    path = Path(config.task)
-    if path.suffix.lower() not in (".jsonl", ".json", ".csv") and not is_dataset_source(config.task):
-        from dsbs.tasks import built_in_names
-
-        raise DataError(f"unknown task {config.task!r}: use {', '.join(built_in_names())}, a .jsonl/.csv/.parquet/"
-                        ".arrow file, a directory saved with datasets' save_to_disk, or hf:NAME[:CONFIG]")
+    labels = label_set(config.label_set)
+    columns: dict = {}  # filled as files are read, so that messages can list the fields a file has
     return Task(
-        name=config.task[3:].split(":")[0].split("/")[-1] if config.task.startswith("hf:") else path.stem,
-        load=partial(_load, config),
+        name=task_name(config),
+        load=partial(_load, config, columns),
         parse_completion=partial(parse_completion, config),
         labels_match=equations_equal if config.metric == "equation" else text_labels_match,
         label_max_tokens=32,
         label_is_valid=is_equation if config.metric == "equation" else bool,
-        label_choices=partial(fixed_labels, tuple(label.strip() for label in config.label_set.split(",")))
-        if config.label_set else None,
+        label_choices=partial(fixed_labels, labels) if labels else None,
+        fields=partial(describe_fields, config, columns),
+        config=recorded_config(config),
+        origin=f"the task file's field {field_name(config, 'rationale_field')!r}",
     )
 
 

@@ -83,4 +83,6 @@ def task(data_dir=None) -> Task:  # generated rows: no data directory
         labels_match=equations_equal,
         label_max_tokens=8,
         label_is_valid=is_equation,
+        config={"task": NAME},
+        origin="the demo's scripted rationales",
     )

@@ -24,8 +24,9 @@ def parse_nli_row(row: dict, where: str) -> dict:
     label = row_field(row, "label", int, where)
     if label not in range(len(NLI_LABELS)):
         raise DataError(f"{where}: field 'label' should be 0, 1 or 2, got {label}")
-    return {"input": format_input(row_field(row, "premise", str, where), row_field(row, "hypothesis", str, where)),
-            "label": NLI_LABELS[label]}
+    premise = row_field(row, "premise", str, where)
+    return {"input": format_input(premise, row_field(row, "hypothesis", str, where)), "label": NLI_LABELS[label],
+            "cluster": premise}
 
 
 def nli_label(answer: str | None) -> str | None:

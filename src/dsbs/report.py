@@ -157,6 +157,10 @@ FEW_SEEDS_NOTE = (f"† from fewer than {FEW_SEEDS} paired seeds: the seed-to-se
                   "seed, not at all: the interval is about one trained model), so this is not a method comparison")
 
 
+def p_text(d) -> str:
+    return f"{d.p_value:.3g}" if d.p_value >= 1e-4 else "<0.0001"
+
+
 def difference_text(d) -> str:
     return f"{d.diff:+.1f} [{d.low:+.1f}, {d.high:+.1f}]" + ("†" if d.seeds < FEW_SEEDS else "")
 
@@ -172,7 +176,7 @@ def accuracy_table(cells: dict, fractions: list[float]) -> list[str]:
 def comparison_row(row: str, reference: str, fraction: float, a_lines: list[dict], b_lines: list[dict]) -> str:
     d = paired(a_lines, b_lines)
     return (f"| {row} | {reference} | {fraction:.1%} | {difference_text(d) if d else 'no per-item data'} | "
-            f"{f'{d.p_value:.3g}' if d else '—'} | {d.seeds if d else '—'} |")
+            f"{p_text(d) if d else '—'} | {d.seeds if d else '—'} |")
 
 
 def comparison_table(intro: str, first_column: str, rows: list[str]) -> list[str]:
@@ -262,7 +266,7 @@ def budget_table(cells: dict, fraction: float) -> list[str]:
         for m in others:
             both = steps in curves[m] and steps in curves["standard"]
             d = paired(curves[m][steps], curves["standard"][steps]) if both else None
-            row += [difference_text(d), f"{d.p_value:.3g}"] if d else ["—", "—"]
+            row += [difference_text(d), p_text(d)] if d else ["—", "—"]
         rows.append(f"| {steps} | " + " | ".join(row) + " |")
     return rows
 
@@ -342,13 +346,13 @@ def markdown(groups: dict) -> str:
 
 
 def cell_interval(lines: list[dict]) -> tuple[float, float, float]:
-    """(mean, minus, plus) for an error bar: the 95% bootstrap interval, or ± std without per-item data."""
+    """(mean, minus, plus) for an error bar: the 95% interval (cut to 0-100), or ± std without per-item data."""
     from dsbs.stats import mean_interval
 
     m = matrix(lines)
     if m is not None:
         mean, low, high = mean_interval(m, clusters=item_clusters(lines))
-        return mean, mean - low, high - mean
+        return mean, mean - max(low, 0.0), min(high, 100.0) - mean
     accs = [100 * r["test_accuracy"] for r in lines]
     spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
     return statistics.fmean(accs), spread, spread
@@ -374,6 +378,9 @@ def plot(groups: dict, out: Path) -> list[str]:
             line = ax.errorbar(xs, [b[0] for b in bars], yerr=[[b[1] for b in bars], [b[2] for b in bars]],
                                marker="o", capsize=3, label=method)
             colors[method] = line[0].get_color()
+            few = [(x, b[0]) for x, b, (_, lines) in zip(xs, bars, points, strict=True) if len(lines) < FEW_SEEDS]
+            if few:  # hollow: fewer than 3 seeds, an interval that says little
+                ax.plot(*zip(*few, strict=True), "o", color=colors[method], markerfacecolor="white", zorder=5)
         draw_teacher(ax, cells)
         _, paper = references(Path(task).stem)
         for method, value in paper.items():
@@ -384,7 +391,7 @@ def plot(groups: dict, out: Path) -> list[str]:
         ax.set_xticks(fractions, [f"{f:g}%" for f in fractions])
         ax.minorticks_off()
         ax.set_xlabel("training data used (% of the pool)")
-        ax.set_ylabel("test accuracy (%), 95% interval")
+        ax.set_ylabel(f"test accuracy (%), 95% interval\n(hollow: fewer than {FEW_SEEDS} seeds)", fontsize=9)
         ax.set_title(f"{task} — {Path(student).name}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

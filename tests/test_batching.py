@@ -57,7 +57,7 @@ def test_causal_item_masks_prompt_and_ends_in_eos(tiny_causal):
 def test_seq2seq_item_keeps_input_and_target_apart(tiny_seq2seq):
     tokenizer = AutoTokenizer.from_pretrained(tiny_seq2seq)
     item = items_for(EXAMPLE, "dsbs")[1]
-    encoded = encode_item(tokenizer, item, seq2seq=True, max_input=64, max_target=32, decoder_start=0)
+    encoded = encode_item(tokenizer, item, seq2seq=True, max_input=64, max_target=32, form="prefix", decoder_start=0)
     assert tokenizer.decode(encoded["input_ids"], skip_special_tokens=True) == "[rationale] 2 boxes of 3?"
     assert tokenizer.decode(encoded["labels"], skip_special_tokens=True) == "2 * 3 = 6."
     assert encoded["labels"][-1] == tokenizer.eos_token_id and encoded["task"] == RATIONALE_TASK
@@ -112,3 +112,24 @@ def test_every_method_is_one_record_that_training_and_inference_read():
     assert [m for m in METHOD_NAMES if get_method(m).answers_with_rationale] == ["single_task"]
     with pytest.raises(ValueError, match="unknown method 'dsbss'"):
         get_method("dsbss")
+
+
+def test_rationale_selection_keeps_the_label_task_and_the_agreeing_rationales(tiny_causal):
+    from dsbs.batching import select_rationales, target_ids
+
+    right = Example(input="a", label="6", rationale="r1", teacher_label="6",
+                    samples=(("r1", "6"), ("r2", "7"), ("r3", "3+3"), (None, None)))
+    wrong = Example(input="b", label="6", rationale="r4", teacher_label="7")
+    equal = lambda a, b: eval(a) == eval(b)  # noqa: E731, S307 - tiny literal sums of the test
+    assert select_rationales([right, wrong], "all", equal) == [right, wrong]
+    kept = select_rationales([right, wrong], "agreeing", equal)
+    assert [e.rationale for e in kept] == ["r1", None] and [e.label for e in kept] == ["6", "6"]
+    assert [len(items_for(e, "dsbs")) for e in kept] == [2, 1]  # the label task keeps every row
+    every = select_rationales([right, wrong], "all-agreeing", equal)
+    assert every[0].rationales == ("r1", "r3") and every[1].rationales == ()
+    items = items_for(every[0], "dsbs")
+    assert [i.target for i in items] == ["6", "r1", "r3"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal)
+    shared = encode_shared(tokenizer, items, False, 64, 32)
+    each = [len(target_ids(tokenizer, r, False, 32)) for r in ("r1", "r3")]
+    assert shared["tasks"][RATIONALE_TASK] == sum(each)  # both targets count in the rationale loss

@@ -46,7 +46,8 @@ def test_an_int8_export_is_served_by_evaluate_and_predict(trained_student, tmp_p
     inputs = [e.input for e in demo.load("test")[:12]]
     same = sum(a == b for a, b in zip(answers(str(tmp_path / "int8"), inputs, False),
                                       answers(trained_student, inputs, False), strict=True))
-    print(f"int8 agreement with transformers on 12 inputs: {same}/12")  # a 2-layer toy: no threshold to hold
+    # int8 weights may flip an answer whose logits are nearly tied, not most of them (11 of 12 when written)
+    assert same >= 8, f"int8 agreement with transformers on 12 inputs: {same}/12"
     exported = str(tmp_path / "int8")
     metrics = json.loads(run_dsbs("evaluate", "--model", exported, "--task", "demo", "--limit", "4").stdout)
     assert metrics["n"] == 4 and metrics["method"] == "dsbs"
@@ -154,7 +155,7 @@ def test_an_int8_onnx_export_agrees_and_is_evaluated(well_trained_bert2bert, tmp
     inputs = [e.input for e in demo.load("test")[:12]]
     same = sum(a == b for a, b in zip(answers(str(tmp_path / "int8"), inputs, False),
                                       answers(well_trained_bert2bert, inputs, False), strict=True))
-    print(f"int8 agreement with transformers on 12 inputs: {same}/12")
+    assert same >= 8, f"int8 agreement with transformers on 12 inputs: {same}/12"  # 12 of 12 when written
     exported = str(tmp_path / "int8")
     metrics = json.loads(run_dsbs("evaluate", "--model", exported, "--task", "demo", "--limit", "4").stdout)
     assert metrics["n"] == 4

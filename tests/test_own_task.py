@@ -244,3 +244,26 @@ def test_the_cards_loading_snippet_runs_and_answers_as_dsbs_does(tmp_path, tiny_
             model, tokenizer = load_student(str(run / "model"), for_inference=True)
             [expected] = predict(model, tokenizer, read_meta(run / "model"), [scope["text"]])
             assert scope["label"] == expected["label"] and scope["text"] not in scope["label"]
+
+
+def test_every_sample_is_kept_and_agreeing_rationales_train(tmp_path, tiny_causal):
+    """Several answers per row (teach --samples k) all reach the data; --rationales chooses among them."""
+    def varied(item: str, attempt: int) -> str:
+        label = "negative" if attempt == 2 else sentiment_teacher(item, attempt).rsplit(" ", 1)[1].rstrip(".")
+        return f"Reason number {attempt}. So the answer is {label}."
+
+    with FakeOpenAI(answer=varied) as server:
+        teach(TaskConfig(task=str(EXAMPLES / "train.csv"), **SOURCE),
+              TeachConfig(backend="openai", base_url=server.url, model="fake", exemplars=2, samples=3,
+                          temperature=0.7, limit=8, output=str(tmp_path / "teach")))
+    rows = get_task(TaskConfig(task=str(tmp_path / "teach"))).load("train")
+    assert all(len(row.samples) == 3 for row in rows)
+    assert {label for row in rows for _, label in row.samples} == {"positive", "negative"}
+    run = tmp_path / "run"
+    train(TaskConfig(task=str(tmp_path / "teach")), tiny_train(tiny_causal, run, rationales="all-agreeing",
+                                                               eval_limit=1))
+    meta = json.loads((run / "model" / "dsbs.json").read_text())
+    assert meta["rationale_selection"] == "all-agreeing" and "only those whose label" in (
+        run / "model" / "README.md").read_text()
+    with pytest.raises(ConfigError, match="unlabeled setting has no gold labels"):
+        tiny_train(tiny_causal, tmp_path / "x", rationales="agreeing", label_source="teacher")

@@ -178,3 +178,19 @@ def test_identical_answers_are_the_same_answer_even_unparsable():
     task = svamp.task()
     assert same_answer(task, "(3 +", "(3 +") and not task.labels_match("(3 +", "(3 +")
     assert same_answer(task, "3+4", "4+3") and not same_answer(task, "3+4", "3+5")
+
+
+def test_checkpoints_keep_and_restore_cudas_random_state(monkeypatch):
+    """Before: only the CPU's generator was saved, so a resumed T5 run's dropout on a GPU drew anew."""
+    import torch
+
+    from dsbs.train import restore_rng, rng_state
+
+    saved, restored = [torch.tensor([1, 2, 3], dtype=torch.uint8)], []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: saved)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.append)
+    state = rng_state()
+    assert state["cuda_rng"] is saved
+    restore_rng(state)
+    assert restored == [saved]

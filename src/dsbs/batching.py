@@ -13,7 +13,7 @@ The same prompt encoding serves training and generation, so a trained student se
 exactly the tokens it was trained on.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from dsbs.methods import LABEL_TASK, RATIONALE_TASK, Method, get_method
@@ -49,9 +49,30 @@ def items_for(example: Example, method: Method | str, label_source: str = "gold"
             return []
         return [Item(LABEL_TASK, example.input, example.rationale + SINGLE_TASK_MARKER + label)]
     items = [] if label is None else [Item(LABEL_TASK, example.input, label)]
-    if method.rationale == "task" and example.rationale is not None:
-        items.append(Item(RATIONALE_TASK, example.input, example.rationale))
+    if method.rationale == "task":
+        targets = example.rationales if example.rationales is not None else [example.rationale]
+        items += [Item(RATIONALE_TASK, example.input, r) for r in targets if r is not None]
     return items
+
+
+def select_rationales(rows: list[Example], mode: str, labels_match) -> list[Example]:
+    """The rows with the rationales a run learns from: ``all`` (the teacher's, whatever label it reached),
+    ``agreeing`` (only where the teacher's label is the gold one), ``all-agreeing`` (every sample's rationale
+    whose label is the gold one, each a target of its own). The label task keeps every row."""
+    if mode == "all":
+        return rows
+
+    def agrees(label: str | None, row: Example) -> bool:
+        return label is not None and row.label is not None and labels_match(label, row.label)
+
+    if mode == "agreeing":
+        return [row if agrees(row.teacher_label, row) else replace(row, rationale=None) for row in rows]
+    chosen = []
+    for row in rows:
+        samples = row.samples or ((row.rationale, row.teacher_label),)
+        kept = tuple(r for r, label in samples if r and agrees(label, row))
+        chosen.append(replace(row, rationale=kept[0] if kept else None, rationales=kept))
+    return chosen
 
 
 def parse_single_task_output(text: str) -> tuple[str, str]:
@@ -134,7 +155,7 @@ def encode_shared(tokenizer, items: list[Item], seq2seq: bool, max_input: int, m
             target = target_ids(tokenizer, item.target, True, max_target)
             branches.append({"task": item.task, "decoder_input_ids": [decoder_start] + (marker + target)[:-1],
                              "labels": [IGNORE_INDEX] * len(marker) + target})
-            tasks[item.task] = len(target)
+            tasks[item.task] = tasks.get(item.task, 0) + len(target)  # several rationale targets add up
         return {"input_ids": shared, "branches": branches, "tasks": tasks}
     ids, labels = list(shared), [IGNORE_INDEX] * len(shared)
     positions, segments, label_tasks = list(range(len(shared))), [0] * len(shared), [-1] * len(shared)
@@ -147,7 +168,7 @@ def encode_shared(tokenizer, items: list[Item], seq2seq: bool, max_input: int, m
         label_tasks += [-1] * len(marker) + [item.task] * len(target)
         positions += range(len(shared), len(shared) + len(branch))
         segments += [number] * len(branch)
-        tasks[item.task] = len(target)
+        tasks[item.task] = tasks.get(item.task, 0) + len(target)
     return {"input_ids": ids, "labels": labels, "label_tasks": label_tasks, "position_ids": positions,
             "segments": segments, "tasks": tasks}
 

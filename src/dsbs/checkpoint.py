@@ -87,6 +87,8 @@ def model_card(meta: dict) -> str:
     rationales = meta.get("rationales", "n/a")
     if meta.get("rationale_examples") is not None:
         rationales += f"; {meta['rationale_examples']} of {meta.get('train_examples')} training examples have one"
+    if meta.get("rationale_selection", "all") != "all":
+        rationales += f" (--rationales {meta['rationale_selection']}: only those whose label is the gold one)"
     label_set = (meta.get("task_config") or {}).get("label_set")
     lines = [
         f"# dsbs student: {meta['task']} ({meta['method']})", "",

@@ -60,6 +60,10 @@ class TrainConfig:
     label_source: Literal["gold", "teacher"] = option("gold", "labels for dsbs and single_task: gold (fine-tuning "
                                                       "setting) or teacher (unlabeled setting)")
     alpha: float = option(0.5, "dsbs loss = alpha * label loss + (1 - alpha) * rationale loss")
+    rationales: Literal["all", "agreeing", "all-agreeing"] = option(
+        "all", "which teacher rationales a row learns from: all (the paper), agreeing (only where the teacher's "
+        "label is the gold one; the label task keeps every row) or all-agreeing (every sample's rationale whose label "
+        "is the gold one, from teach --samples k); gold labels needed")
     rationale_weight: float | None = option(None, "dsbs: loss = label loss + RATIONALE_WEIGHT * rationale loss "
                                             "instead of the alpha mix (the label keeps standard fine-tuning's weight)")
     prompt_form: Literal["suffix", "prefix"] = option("suffix", "where the task marker goes: suffix (after the input: "
@@ -134,6 +138,9 @@ class TrainConfig:
         if self.fsdp and self.lora_rank:
             raise ConfigError("--fsdp and --lora-rank do not combine here: LoRA's frozen base is light enough "
                               "to replicate")
+        if self.rationales != "all" and (self.method == "distill" or self.label_source == "teacher"):
+            raise ConfigError(f"--rationales {self.rationales} compares the teacher's label with the gold one; the "
+                              "unlabeled setting has no gold labels to compare with: use --rationales all")
         if self.pool_size is not None and self.pool_size < 1:
             raise ConfigError("pool_size must be at least 1")
         check_at_least(self, 1, "max_steps", "batch_size", "grad_accum", "log_interval")

@@ -57,7 +57,8 @@ class Recipe:
                                                              "`train` for that task (e.g. its step budget)"})
     variants: dict = field(default_factory=dict, metadata={"help": (
         "named sets of TrainConfig fields, one more axis of the grid: {steps400: {max_steps: 400}, alpha0.8: "
-        "{alpha: 0.8}}; reports compare a variant's methods with its own standard, else the plain one")})
+        "{alpha: 0.8, methods: [dsbs]}} (methods: the methods it applies to, default all); reports compare a "
+        "variant's methods with its own standard, else the plain one")})
     eval_batch_size: int = option(32, "inputs per batch in the test evaluation")
     test_limit: int | None = option(None, "evaluate on the first N test rows only (None: all)")
     priority: list[dict] = field(default_factory=list, metadata={"help": (
@@ -80,11 +81,13 @@ class Recipe:
         cells = [dict(zip(AXES, combo, strict=True)) for combo in
                  itertools.product(self.tasks, self.methods, self.fractions, self.students, self.seeds,
                                    list(self.variants) or [""])]
+        cells = [c for c in cells if c["method"] in self.variants.get(c["variant"], {}).get("methods", self.methods)]
         return sorted(cells, key=lambda cell: (priority_rank(cell, self.priority), cell["seed"]))
 
     def settings(self, run: dict) -> dict:
         """The TrainConfig fields a cell sets: shared, then its task's, then its variant's."""
-        return {**self.train, **self.task_train.get(run["task"], {}), **self.variants.get(run.get("variant", ""), {})}
+        variant = {k: v for k, v in self.variants.get(run.get("variant", ""), {}).items() if k != "methods"}
+        return {**self.train, **self.task_train.get(run["task"], {}), **variant}
 
     def settings_of(self, run: dict) -> tuple[TaskConfig, TrainConfig]:
         """The configs of one run but its output directory (fails early on a misspelt setting)."""

@@ -518,6 +518,7 @@ def record_for(task, config: TeachConfig, i: int, row, got: list[dict]) -> dict:
         "index": i, "id": row.id, "input": row.input, "label": row.label, "rationale": rationale,
         "teacher_label": label, "label_as_written": read[chosen][2] if label is not None else None,
         "agreeing_rationales": agreeing if config.samples > 1 else None, "completions": texts, "chosen": chosen,
+        "samples": [{"rationale": r, "teacher_label": lab} for r, lab, _ in read],
         "errors": [a["error"] for a in got if "error" in a], "cut_replies": sum(bool(a.get("cut")) for a in got),
         "prompt_tokens": sum(a.get("prompt_tokens") or 0 for a in got if "text" in a),
         "completion_tokens": sum(a.get("completion_tokens") or 0 for a in got if "text" in a),
@@ -560,7 +561,8 @@ def write_outputs(task_config: TaskConfig, task, split: str, records: list[dict]
         record = {"benchmark": task.name, "split": split}
     else:
         rows = [{"id": r["id"], "input": r["input"], "label": r["label"], "rationale": r["rationale"],
-                 "teacher_label": r["teacher_label"]} for r in records]
+                 "teacher_label": r["teacher_label"], **({"samples": r["samples"]} if len(r["samples"]) > 1 else {})}
+                for r in records]
         path = output / f"{split}.jsonl"
         write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         written, details = [str(path)], output / "llm" / f"{split}_teacher.jsonl"

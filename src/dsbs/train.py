@@ -26,6 +26,7 @@ from dsbs.batching import (
     encode_item,
     encode_shared,
     items_for,
+    select_rationales,
     training_label,
 )
 from dsbs.checkpoint import gather, latest_checkpoint, load_training_state, save_model
@@ -189,7 +190,7 @@ def shared_loss_sums(model, batch: dict, seq2seq: bool, sharded: bool = False) -
                            decoder_input_ids=branch["decoder_input_ids"]).logits
             labels = branch["labels"]
             mask = labels != IGNORE_INDEX
-            sums[task] = F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
+            sums[task] = sums.get(task, 0) + F.cross_entropy(logits[mask].float(), labels[mask], reduction="sum")
         return sums
     mask = batch["attention_mask"]
     if getattr(model.config, "_attn_implementation", "sdpa") == "eager":  # eager attention adds the mask to scores
@@ -308,7 +309,6 @@ def build_student(config: TrainConfig, checkpoint: Path | None, accelerator):
 
 def restore(run: Run, checkpoint: Path) -> None:
     """Optimizer, schedule, RNG, step and best of ``checkpoint`` (its weights are already loaded)."""
-    import torch
 
     state = load_training_state(checkpoint)
     if state.get("fsdp", False) != run.config.fsdp:
@@ -326,9 +326,7 @@ def restore(run: Run, checkpoint: Path) -> None:
     else:
         run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    restore_rng(state)
     run.step, run.best = state["step"], state["best"]
     if state["max_steps"] != run.max_steps:
         print(f"warning: checkpoint was made for {state['max_steps']} steps, this run has {run.max_steps}",
@@ -348,6 +346,7 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
     task, method = get_task(task_config), get_method(config.method)
     pool = task.load(config.train_split or task.train_split)
     train_rows, val_rows = select_rows(pool, config)
+    train_rows = select_rationales(train_rows, config.rationales, task.labels_match)
     groups, notes = training_groups(train_rows, method, config.label_source)
     rationale_examples = len(groups) - sum(not n["dropped"] and "rationale" in n["missing"] for n in notes)
     check_training_rows(task, method, config, train_rows, groups, rationale_examples)
@@ -371,7 +370,7 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
             "max_target_tokens": config.max_target_tokens, "seq2seq": seq2seq, "train_examples": len(groups),
             "rationale_examples": rationale_examples if method.rationale != "none" else None,
             "skipped_rows": sum(n["dropped"] for n in notes), "lora_rank": config.lora_rank,
-            "prompt_form": config.prompt_form, "markers": config.markers,
+            "prompt_form": config.prompt_form, "markers": config.markers, "rationale_selection": config.rationales,
             "rationales": task.origin if method.rationale != "none" else "not used"}
     run = Run(config=config, task=task, method=method, output=output, accelerator=accelerator, model=model,
               tokenizer=tokenizer, lora=lora, optimizer=optimizer,
@@ -563,17 +562,37 @@ def validate(run: Run, log) -> None:
         log({"step": run.step, "val_accuracy": accuracy, "best": improved})
 
 
+def rng_state() -> dict:
+    """The random generators a resumed run must continue: the CPU's, and on a GPU CUDA's (dropout there draws
+    from CUDA's generators)."""
+    import torch
+
+    state = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None:
+        if torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        else:
+            print("warning: this checkpoint was made on a GPU; resumed without one, its dropout draws differ from "
+                  "an uninterrupted run's", file=sys.stderr)
+
+
 def save_checkpoint(run: Run) -> None:
     """Weights, optimizer, schedule, RNG and step as checkpoints/step-N; the previous one goes."""
-    import torch
 
     weights, optimizer_state = gather(run.model, run.optimizer, run.config.fsdp, with_optimizer=True)
     if run.main:
         target = run.output / "checkpoints" / f"step-{run.step:06d}"
         state = {"optimizer": optimizer_state, "scheduler": run.scheduler.state_dict(), "fsdp": run.config.fsdp,
-                 "torch_rng": torch.get_rng_state(), "step": run.step, "best": run.best, "max_steps": run.max_steps}
-        if torch.cuda.is_available():  # dropout on the GPU draws from CUDA's generators, not the CPU's
-            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+                 "step": run.step, "best": run.best, "max_steps": run.max_steps, **rng_state()}
         if run.lora is not None:
             from peft import get_peft_model_state_dict
 

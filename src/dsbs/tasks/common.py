@@ -30,6 +30,9 @@ class Example:
     teacher_answer: str | None = None  # the label as the teacher wrote it: what the paper scores
     where: str = ""  # "file:line" of its row, for messages about it
     cluster: str | None = None  # rows sharing one (e-SNLI's hypotheses of a premise) are not independent samples
+    # every answer of a teacher asked several times (teach --samples k): (rationale, label in the task's space)
+    samples: tuple[tuple[str | None, str | None], ...] = ()
+    rationales: tuple[str, ...] | None = None  # several rationale targets (--rationales all-agreeing), else None
 
 
 def keep_label(label: str, example: Example) -> str | None:
@@ -279,6 +282,11 @@ def load_paper_split(
             example.completion = completion
             example.rationale, example.teacher_label, example.teacher_answer = read_teacher_answer(
                 parse_completion, canonical_label, completion, example)
+    details = Path(data_dir) / name / "llm" / f"{split}_teacher.jsonl"  # dsbs teach's, with every sample
+    if details.is_file():
+        for example, (_, record) in zip(examples, read_jsonl(details), strict=False):
+            example.samples = tuple(read_teacher_answer(parse_completion, canonical_label, text, example)[:2]
+                                    for text in record.get("completions") or ())
     return examples
 
 

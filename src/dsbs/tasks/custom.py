@@ -115,6 +115,8 @@ def row_to_example(row: dict, where: str, config) -> Example:
         id=str(row.get("id", where.rsplit(":", 1)[-1])),
         where=where,
         cluster=_optional_text(row, config.cluster_field, where) if config.cluster_field else None,
+        samples=tuple((s.get("rationale"), s.get("teacher_label")) for s in row["samples"] if isinstance(s, dict))
+        if isinstance(row.get("samples"), list) else (),
     )
 
 

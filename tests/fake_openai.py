@@ -16,11 +16,115 @@ def item_of(body: dict) -> str:
     return body["prompt"].rsplit("\n\n", 1)[-1]
 
 
+BATCH_FAULTS = ("ok", "expire-half", "error-lines", "failed", "messy")  # each but messy hits the first batch only
+
+
+def completion_body(body: dict, text: str) -> dict:
+    """A completion or chat completion reply holding ``text``, for the request ``body``."""
+    if "messages" in body:
+        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+    else:
+        choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+    return {"id": "x", "object": "chat.completion" if "messages" in body else "text_completion", "created": 0,
+            "model": body.get("model", "m"), "choices": [choice],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17}}
+
+
+class FakeBatches:
+    """OpenAI's Files and Batches API: a batch ends after ``polls`` status reads, as ``fault`` says."""
+
+    def __init__(self, answer, fault: str = "ok", polls: int = 2, upload_429: bool = False):
+        self.answer, self.fault, self.polls, self.upload_429 = answer, fault, polls, upload_429
+        self.files: dict[str, str] = {}
+        self.batches: dict[str, dict] = {}
+        self.submitted: Counter = Counter()  # custom_id -> times it was in a submitted batch
+        self.answered: Counter = Counter()  # custom_id -> times the provider answered it (and would bill it)
+        self.uploads = 0
+
+    def upload(self, content: str) -> tuple[int, dict]:
+        self.uploads += 1
+        if self.upload_429 and self.uploads == 1:
+            return 429, {"error": {"message": "rate limited"}}
+        file_id = f"file-{len(self.files)}"
+        self.files[file_id] = content
+        return 200, {"id": file_id, "object": "file", "purpose": "batch"}
+
+    def create(self, request: dict) -> tuple[int, dict]:
+        lines = [json.loads(line) for line in self.files[request["input_file_id"]].splitlines() if line.strip()]
+        self.submitted.update(line["custom_id"] for line in lines)
+        batch_id = f"batch-{len(self.batches)}"
+        self.batches[batch_id] = {"id": batch_id, "object": "batch", "status": "validating", "lines": lines,
+                                  "reads": 0, "input_file_id": request["input_file_id"]}
+        return 200, self.public(batch_id)
+
+    def public(self, batch_id: str) -> dict:
+        batch = self.batches[batch_id]
+        done = len(batch["lines"]) if batch["status"] in ("completed", "expired", "cancelled") else 0
+        return {**{k: v for k, v in batch.items() if k not in ("lines", "reads")},
+                "request_counts": {"total": len(batch["lines"]), "completed": done, "failed": 0}}
+
+    def status(self, batch_id: str) -> tuple[int, dict]:
+        batch = self.batches[batch_id]
+        batch["reads"] += 1
+        if batch["status"] in ("validating", "in_progress", "cancelling") and batch["reads"] >= self.polls:
+            self.finish(batch)
+        elif batch["status"] == "validating":
+            batch["status"] = "in_progress"
+        return 200, self.public(batch_id)
+
+    def finish(self, batch: dict) -> None:
+        lines = batch["lines"]
+        if self.fault == "failed":
+            batch["status"], self.fault = "failed", "ok"
+            return
+        answered = lines[: len(lines) // 2] if self.fault == "expire-half" or batch["status"] == "cancelling" else lines
+        outputs, errors = [], []
+        for n, line in enumerate(answered):
+            if self.fault == "error-lines" and n % 3 == 0:
+                errors.append({"id": f"r{n}", "custom_id": line["custom_id"], "response": {"status_code": 500, "body":
+                               {"error": {"message": "boom"}}}, "error": {"code": "server_error", "message": "boom"}})
+                continue
+            text = self.answer(item_of(line["body"]), 1)
+            self.answered[line["custom_id"]] += 1
+            outputs.append({"id": f"r{n}", "custom_id": line["custom_id"],
+                            "response": {"status_code": 200, "body": completion_body(line["body"], text)},
+                            "error": None})
+        if self.fault == "messy":  # out of order, one line twice, one for a request nobody made
+            outputs = outputs[::-1] + outputs[:1] + [{**outputs[0], "custom_id": "nobody-0"}]
+        batch["status"] = ("expired" if self.fault == "expire-half" else
+                           "cancelled" if batch["status"] == "cancelling" else "completed")
+        for kind, rows in (("output_file_id", outputs), ("error_file_id", errors)):
+            if rows:
+                file_id = f"file-{len(self.files)}"
+                self.files[file_id] = "".join(json.dumps(r) + "\n" for r in rows)
+                batch[kind] = file_id
+        if self.fault in ("expire-half", "error-lines"):
+            self.fault = "ok"
+
+    def cancel(self, batch_id: str) -> tuple[int, dict]:
+        self.batches[batch_id]["status"] = "cancelling"
+        return 200, self.public(batch_id)
+
+
+def multipart_file(content_type: str, body: bytes) -> str:
+    """The ``file`` part of a multipart/form-data body."""
+    from email.parser import BytesParser
+
+    message = BytesParser().parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    for part in message.get_payload():
+        if part.get_param("name", header="content-disposition") == "file":
+            return part.get_payload(decode=True).decode()
+    raise ValueError("no file part")
+
+
 class FakeOpenAI:
     def __init__(self, script=lambda item, attempt: "ok", delay: float = 0.0, hang: float = 3.0,
-                 answer=lambda item, attempt: "The numbers add up. So the answer is 42."):
+                 answer=lambda item, attempt: "The numbers add up. So the answer is 42.", batch_fault: str = "ok",
+                 batch_polls: int = 2, upload_429: bool = False):
         self.script, self.delay, self.hang, self.answer = script, delay, hang, answer
+        self.batch = FakeBatches(answer, batch_fault, batch_polls, upload_429)
         self.requests: Counter = Counter()
+        self.bodies: list[dict] = []  # every request body, as sent
         self.lock = threading.Lock()
         server = self
 
@@ -30,10 +134,28 @@ class FakeOpenAI:
             def log_message(self, *args):
                 pass
 
+            def do_GET(self):
+                parts = self.path.split("/")  # /v1/batches/ID or /v1/files/ID/content
+                with server.lock:
+                    if parts[2] == "batches":
+                        return self.reply(*server.batch.status(parts[3]))
+                    if parts[2] == "files" and parts[-1] == "content":
+                        return self.raw(200, server.batch.files[parts[3]].encode())
+                return self.reply(404, {"error": {"message": "no such route"}})
+
             def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                raw = self.rfile.read(int(self.headers["Content-Length"]))
+                with server.lock:
+                    if self.path == "/v1/files":
+                        return self.reply(*server.batch.upload(multipart_file(self.headers["Content-Type"], raw)))
+                    if self.path == "/v1/batches":
+                        return self.reply(*server.batch.create(json.loads(raw)))
+                    if self.path.startswith("/v1/batches/") and self.path.endswith("/cancel"):
+                        return self.reply(*server.batch.cancel(self.path.split("/")[3]))
+                body = json.loads(raw)
                 item = item_of(body)
                 with server.lock:
+                    server.bodies.append(body)
                     server.requests[item] += 1
                     attempt = server.requests[item]
                 action = server.script(item, attempt)
@@ -64,15 +186,7 @@ class FakeOpenAI:
                 if action == "garbage":
                     return self.raw(200, b"<html>this is not json")
                 text = server.answer(item, attempt) if action != "huge" else "So the answer is 42. " * 200_000
-                if "messages" in body:
-                    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                    kind = "chat.completion"
-                else:
-                    choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
-                    kind = "text_completion"
-                payload = {"id": "x", "object": kind, "created": 0, "model": body.get("model", "m"),
-                           "choices": [choice],
-                           "usage": {"prompt_tokens": 10, "completion_tokens": 7, "total_tokens": 17}}
+                payload = completion_body(body, text)
                 if action == "truncated":  # promise more bytes than we send, then hang up
                     data = json.dumps(payload).encode()
                     self.send_response(200)

@@ -249,3 +249,28 @@ def test_ctrl_c_cancels_requests_not_yet_sent(tmp_path):
         assert sent <= 4 + 2 + 1  # what had started; the 34 others were never sent
         summary = json.loads(run_dsbs(*args).stdout)
     assert summary["answers_from_cache"] >= 4 and summary["items"] == 40
+
+
+def test_a_dry_run_counts_the_prompts_a_live_run_sends_and_sends_nothing(tiny_causal, tmp_path):
+    """The dry run's prompt tokens are the same tokenizer's count over the exact prompts of the live run."""
+    import dataclasses
+
+    from transformers import AutoTokenizer
+
+    from dsbs.cost import prompt_text
+
+    settings = dict(backend="openai", model="fake", limit=6, tokenizer=tiny_causal, price_in=2.0, price_out=8.0,
+                    output=str(tmp_path / "teach"))
+    with FakeOpenAI() as server:
+        live = TeachConfig(base_url=server.url, **settings)
+        dry = teach(DEMO, dataclasses.replace(live, dry_run=True))
+        assert not server.bodies and not (tmp_path / "teach").exists()  # nothing sent, nothing written
+        summary = teach(DEMO, live)
+        tokenizer = AutoTokenizer.from_pretrained(tiny_causal)
+        sent = sum(len(tokenizer(prompt_text(body), add_special_tokens=False)["input_ids"]) for body in server.bodies)
+    assert dry["requests"] == 6 and dry["prompt_tokens"] == sent and dry["prompt_tokens_exact"]
+    assert dry["cost_batch"] == pytest.approx(dry["cost_live"] / 2)
+    assert dry["cost_live"] == pytest.approx((sent * 2.0 + dry["completion_tokens_estimate"] * 8.0) / 1e6, rel=1e-3)
+    assert summary["estimate"]["prompt_tokens"] == sent  # the live run's summary keeps the estimate beside its use
+    again = teach(DEMO, dataclasses.replace(live, dry_run=True))
+    assert again["requests"] == 0 and again["answers_in_cache"] == 6

@@ -83,7 +83,7 @@ def cmd_teach(args) -> None:
     from dsbs.teach import teach
 
     summary = teach(from_args(TaskConfig, args), from_args(configs.TeachConfig, args))
-    summary.pop("config")
+    summary.pop("config", None)
     _print_json(summary)
 
 

@@ -182,11 +182,37 @@ class TeachConfig:
     max_reply_chars: int | None = option(None, "characters of completion kept per reply, and (x8, plus 64 kB) "
                                          "bytes read (default: 32 x max_tokens); longer ones are cut and counted")
     output: str = option("runs/teach", "output directory; train on it with dsbs train --task OUTPUT")
+    batch: bool = option(False, "the provider's batch route (OpenAI's Batch API and compatible servers): half the "
+                                "price, answers within 24 hours; batch ids go to OUTPUT/batches.json, and the same "
+                                "command run again collects them instead of paying twice")
+    batch_file: str | None = option(None, "write the requests not yet answered to this JSONL file in the batch format "
+                                          "(for vllm run-batch or a provider's upload) and stop")
+    ingest: str | None = option(None, "read a batch results file (OpenAI's output format, or vllm run-batch's) into "
+                                      "the answer cache, then write the outputs; nothing is sent")
+    cancel: bool = option(False, "cancel the batches recorded in OUTPUT/batches.json that have not ended")
+    batch_max_requests: int = option(50_000, "requests per batch file (the provider's limit)")
+    batch_max_bytes: int = option(200_000_000, "bytes per batch file (the provider's limit)")
+    batch_poll: float = option(10.0, "seconds between the first polls of a batch (doubling up to --batch-poll-max)")
+    batch_poll_max: float = option(300.0, "longest pause between polls")
+    dry_run: bool = option(False, "send nothing: count the requests, prompt and completion tokens and (with "
+                                  "--price-in/--price-out) the cost, live and in batch, then stop")
+    price_in: float | None = option(None, "price of a million prompt tokens, for the cost estimate")
+    price_out: float | None = option(None, "price of a million completion tokens, for the cost estimate")
+    tokenizer: str | None = option(None, "tokenizer to count prompt tokens with (a transformers directory or hub "
+                                         "name; default: the teacher's own where known, tiktoken for OpenAI models "
+                                         "with the tiktoken extra, else the default student's as an estimate)")
 
     def __post_init__(self):
         check_choices(self)
         check_at_least(self, 1, "samples", "concurrency", "exemplars")
         check_at_least(self, 0, "max_retries")
+        if sum(map(bool, (self.batch, self.batch_file, self.ingest, self.cancel, self.dry_run))) > 1:
+            raise ConfigError("--batch, --batch-file, --ingest, --cancel and --dry-run are different routes: choose "
+                              "one")
+        if (self.batch or self.cancel) and self.backend != "openai":
+            raise ConfigError("the batch route needs an OpenAI-compatible server: --backend openai (offline, write "
+                              "the requests with --batch-file and read the results with --ingest)")
+        check_at_least(self, 1, "batch_max_requests", "batch_max_bytes")
         if self.zero_shot and self.prompt_file:
             raise ConfigError("--zero-shot and --prompt-file do not combine: a prompt file with no exemplars is "
                               "zero-shot")

@@ -53,16 +53,19 @@ def dataset_card(task, split: str, summary: dict, spec, config) -> str:
                  "counts": {k: summary[k] for k in ("items", "failed_items", "parse_failures", "cut_replies",
                                                      "answers_from_cache")},
                  "tokens": {"prompt": summary["prompt_tokens"], "completion": summary["completion_tokens"]},
-                 "teacher_accuracy": summary["teacher_accuracy"], "prompt": summary["prompt"]},
+                 "teacher_accuracy": summary["teacher_accuracy"], "prompt": summary["prompt"],
+                 "route": summary.get("route", "live")},
     }
     exemplars = "\n\n".join(f"Q: {x}\nA: {a}" for x, a in spec.exemplars)
     lines = ["---", json_as_yaml(meta), "---", "", f"# Teacher rationales for {task.name} ({split} split)", "",
              f"Made with dsbs {__version__} (`dsbs teach`): for each input the teacher `{config.model}` "
              f"({config.backend} backend, {config.api} API) answered a few-shot chain-of-thought prompt; its answer "
              "was parsed into a rationale and a label.", "",
+             f"- requests: {ROUTES[summary.get('route', 'live')]}",
              f"- items: {summary['items']}; failed: {summary['failed_items']}; "
              f"unparsable: {summary['parse_failures']}; replies cut to the size bound: {summary['cut_replies']}",
-             f"- tokens: {summary['prompt_tokens']} prompt, {summary['completion_tokens']} completion",
+             f"- tokens: {summary['prompt_tokens']} prompt, {summary['completion_tokens']} completion"
+             + estimate_note(summary.get("estimate")),
              f"- sampling: temperature {config.temperature}, max_tokens {config.max_tokens}, samples {config.samples}",
              f"- teacher accuracy on the gold labels: {summary['teacher_accuracy']} over "
              f"{summary['teacher_accuracy_rows']} rows (not scored: {summary['exemplar_rows_not_scored']} rows that "
@@ -76,6 +79,19 @@ def dataset_card(task, split: str, summary: dict, spec, config) -> str:
     lines += ["## Prompt", "", "Instruction:", "", "```", spec.instruction or "(none)", "```", "",
               "Exemplars:", "", "```", exemplars, "```", ""]
     return "\n".join(lines)
+
+
+ROUTES = {"live": "sent live, one at a time", "batch": "sent through the provider's batch route (half the price, "
+          "answered within 24 hours; batch ids in batches.json)", "ingest": "read from a batch results file (--ingest: "
+          "an offline run such as vllm run-batch, or a provider's batch output)"}
+
+
+def estimate_note(estimate: dict | None) -> str:
+    if not estimate:
+        return ""
+    return (f" (estimated before the run, for the {estimate['requests']} requests not in the cache: "
+            f"{estimate['prompt_tokens']} prompt, about {estimate['completion_tokens_estimate']} completion, counted "
+            f"with {estimate['prompt_tokens_counted_with']})")
 
 
 def json_as_yaml(value) -> str:

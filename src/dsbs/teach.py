@@ -21,6 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from dsbs.configs import TeachConfig
+from dsbs.cost import estimate, token_counter
 from dsbs.errors import DataError, MissingDependency, UserError
 from dsbs.files import exclusive, write_atomic
 from dsbs.names import DEFAULT_STUDENT
@@ -339,9 +340,19 @@ class Teacher:
         return self.backend
 
 
-def ask_pending(teacher: Teacher, requests: list[tuple[int, dict]], cache: AnswerCache, config: TeachConfig,
-                samples: int, on_answer=None) -> tuple[dict, Counter]:
-    """Answers of every (row index, request) for each sample, from the cache or the teacher."""
+class NoTeacher(Teacher):
+    """The offline routes (--batch-file, --ingest): a prompt whose exemplars the teacher must write first
+    cannot be built without one."""
+
+    def started(self):
+        raise UserError("this prompt needs exemplars the teacher writes first, and --batch-file/--ingest reach no "
+                        "teacher: run once without them (the exemplars are cached), or pass --zero-shot or "
+                        "--prompt-file")
+
+
+def split_cached(requests: list[tuple[int, dict]], cache, config: TeachConfig,
+                 samples: int) -> tuple[dict, list]:
+    """(answers the cache holds by (row, sample), the (row, sample, request, key) still to ask)."""
     answers, pending = {}, []
     for i, request in requests:
         for s in range(samples):
@@ -351,10 +362,24 @@ def ask_pending(teacher: Teacher, requests: list[tuple[int, dict]], cache: Answe
                 answers[(i, s)] = cached
             else:
                 pending.append((i, s, request, key))
+    return answers, pending
+
+
+def ask_pending(teacher: Teacher, requests: list[tuple[int, dict]], cache: AnswerCache, config: TeachConfig,
+                samples: int, on_answer=None) -> tuple[dict, Counter]:
+    """Answers of every (row index, request) for each sample, from the cache or the teacher."""
+    answers, pending = split_cached(requests, cache, config, samples)
     stats = Counter(cached=len(answers))
     if pending:
         ask_all(teacher.started(), pending, cache, config, answers, stats, on_answer or (lambda i, answer: None))
     return answers, stats
+
+
+class NoCache:
+    """A dry run's view of a cache that does not exist yet: nothing answered."""
+
+    def get(self, key: str) -> None:
+        return None
 
 
 def own_marker(task) -> str:
@@ -374,9 +399,10 @@ def zero_shot_prompt(task):
                       "Q: {input}\nA:", ("\nQ:",), ())
 
 
-def teacher_prompt(task, config: TeachConfig, rows, teacher: Teacher, cache: AnswerCache) -> tuple:
+def teacher_prompt(task, config: TeachConfig, rows, teacher: Teacher | None, cache) -> tuple:
     """(prompt, how it was made): a prompt file, a benchmark's own, zero-shot, or an own task's exemplars from
-    its labelled rows (their rationales where they have them, else rationales the teacher writes for them)."""
+    its labelled rows (their rationales where they have them, else rationales the teacher writes for them;
+    without a ``teacher``, a dry run, those not yet in the cache are placeholders of a typical length)."""
     if config.prompt_file:
         return load_prompt(config.prompt_file), f"the prompt file {config.prompt_file}"
     if config.zero_shot:
@@ -417,8 +443,11 @@ def written_rationale(task, text: str, row) -> str | None:
     return rationale if len(rationale.split()) >= 3 else None
 
 
-def teacher_exemplars(task, config: TeachConfig, rows, teacher: Teacher, cache: AnswerCache) -> tuple:
-    """Exemplars for an own task whose rows have no rationales: the teacher explains labelled rows' gold labels."""
+PLACEHOLDER_RATIONALE = " ".join(["reason"] * 48)  # about the default answer length, for a dry run's count
+
+
+def exemplar_requests(task, config: TeachConfig, rows) -> tuple[list, list[tuple[int, dict]]]:
+    """(the labelled rows the teacher is asked to explain, their requests)."""
     candidates = exemplar_candidates(rows, 2 * config.exemplars)
     if not candidates:
         raise DataError("no labelled rows to make exemplars from, and no rationales: pass --zero-shot, or "
@@ -426,13 +455,23 @@ def teacher_exemplars(task, config: TeachConfig, rows, teacher: Teacher, cache: 
     marker = own_marker(task)
     spec = PromptSpec(f"The correct answer to each question is given. Explain step by step why it is correct, "
                       f"then end with '{marker}' and the answer.", "Q: {input}\nA:", ("\nQ:",), ())
-    requests = [(i, make_request(config, spec, f"{row.input}\n(The correct answer: {row.label}.)"))
-                for i, row in enumerate(candidates)]
-    print(f"writing exemplars: the teacher explains {len(candidates)} labelled rows", file=sys.stderr)
-    answers, _ = ask_pending(teacher, requests, cache, config, samples=1)
+    return candidates, [(i, make_request(config, spec, f"{row.input}\n(The correct answer: {row.label}.)"))
+                        for i, row in enumerate(candidates)]
+
+
+def teacher_exemplars(task, config: TeachConfig, rows, teacher: Teacher | None, cache) -> tuple:
+    """Exemplars for an own task whose rows have no rationales: the teacher explains labelled rows' gold labels."""
+    marker = own_marker(task)
+    candidates, requests = exemplar_requests(task, config, rows)
+    if teacher is None:  # a dry run: what the cache holds, placeholders for the rest
+        answers, _ = split_cached(requests, cache, config, 1)
+    else:
+        print(f"writing exemplars: the teacher explains {len(candidates)} labelled rows", file=sys.stderr)
+        answers, _ = ask_pending(teacher, requests, cache, config, samples=1)
     exemplars = []
     for i, row in enumerate(candidates):
-        rationale = written_rationale(task, answers[(i, 0)]["text"], row) if "text" in answers[(i, 0)] else None
+        answer = answers.get((i, 0), {"text": PLACEHOLDER_RATIONALE})
+        rationale = written_rationale(task, answer["text"], row) if "text" in answer else None
         if rationale and len(exemplars) < config.exemplars:
             exemplars.append((row.input, worked_answer(rationale, marker, row.label)))
     if not exemplars:
@@ -443,9 +482,36 @@ def teacher_exemplars(task, config: TeachConfig, rows, teacher: Teacher, cache: 
 
 
 def teach(task_config: TaskConfig, config: TeachConfig) -> dict:
-    """Annotate, write the outputs, return the summary (also written as teach_summary.json)."""
+    """Annotate, write the outputs, return the summary (also written as teach_summary.json); with
+    ``config.dry_run`` only the estimate of what that would take, sending and writing nothing."""
+    if config.dry_run:
+        return dry_run(task_config, resolve_api(config))
     with exclusive(config.output, "teach"):
         return _teach(task_config, config)
+
+
+def dry_run(task_config: TaskConfig, config: TeachConfig) -> dict:
+    """The requests a run would send, their tokens and cost, from the cache and the prompts alone."""
+    task = get_task(task_config)
+    rows = task.load(config.split or task.train_split)
+    rows = rows[: config.limit] if config.limit else rows
+    path = Path(config.output) / "cache.sqlite"
+    cache = AnswerCache(path) if path.is_file() else NoCache()
+    spec, prompt_source = teacher_prompt(task, config, rows, None, cache)
+    requests = [(i, make_request(config, spec, row.input)) for i, row in enumerate(rows)]
+    answers, pending = split_cached(requests, cache, config, config.samples)
+    to_write = []
+    if not config.prompt_file and not config.zero_shot and not task.paper_layout and not exemplars_from_rows(
+            rows, own_marker(task), config.exemplars):
+        to_write = [r for _, _, r, _ in split_cached(exemplar_requests(task, config, rows)[1], cache, config, 1)[1]]
+    count, tokenizer, exact = token_counter(config)
+    result = estimate([r for _, _, r, _ in pending] + to_write, len(answers), [a for _, a in spec.exemplars],
+                      config, count, tokenizer, exact and not to_write)
+    result |= {"prompt": prompt_source, "exemplar_requests": len(to_write)}
+    if to_write:
+        result["prompt_tokens_note"] = (f"{len(to_write)} requests first ask the teacher to write exemplars; the "
+                                        "prompts count those exemplars at a typical length")
+    return result
 
 
 def resolve_api(config: TeachConfig) -> TeachConfig:
@@ -475,7 +541,8 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     rows = task.load(split)
     rows = rows[: config.limit] if config.limit else rows
     output = Path(config.output)
-    cache, teacher = AnswerCache(output / "cache.sqlite"), Teacher(config)
+    offline = config.batch_file or config.ingest or config.cancel
+    cache, teacher = AnswerCache(output / "cache.sqlite"), (NoTeacher if offline else Teacher)(config)
     spec, prompt_source = teacher_prompt(task, config, rows, teacher, cache)
     write_atomic(output / "prompt.json", prompt_json(spec))
     started = time.perf_counter()
@@ -491,7 +558,14 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
         bar.set_postfix(failed=parsed["failed"], unparsed=parsed["parse_failures"], tokens=parsed["tokens"])
 
     requests = [(i, make_request(config, spec, row.input)) for i, row in enumerate(rows)]
-    answers, stats = ask_pending(teacher, requests, cache, config, config.samples, on_answer)
+    if config.batch_file or config.cancel:
+        bar.close()
+        return offline_step(requests, cache, config, output)
+    expected = live_estimate(requests, cache, config, spec)
+    if config.batch or config.ingest:
+        answers, stats = batch_answers(requests, cache, config, output)
+    else:
+        answers, stats = ask_pending(teacher, requests, cache, config, config.samples, on_answer)
     bar.close()
     stats.update(parsed)
     records = [record_for(task, config, i, row, [answers[(i, s)] for s in range(config.samples)])
@@ -499,12 +573,52 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     files = write_outputs(task_config, task, split, records, output)
     exemplar_inputs = {x for x, _ in spec.exemplars}
     summary = summarize(task, split, records, stats, config, files, time.perf_counter() - started, exemplar_inputs)
-    summary["prompt"] = prompt_source
+    summary["prompt"], summary["estimate"] = prompt_source, expected
+    summary["route"] = "batch" if config.batch else "ingest" if config.ingest else "live"
     from dsbs.hub import write_teach_dataset
 
     summary["files"].append(str(write_teach_dataset(output, task, split, records, summary, spec, config)))
     write_atomic(output / "teach_summary.json", json.dumps(summary, indent=2))
     return summary
+
+
+def offline_step(requests: list[tuple[int, dict]], cache, config: TeachConfig, output: Path) -> dict:
+    """--batch-file (write the requests still to answer) or --cancel (cancel recorded batches)."""
+    from dsbs.batch import cancel_batches, write_request_file
+
+    if config.cancel:
+        return cancel_batches(config, output)
+    return write_request_file(config.batch_file, split_cached(requests, cache, config, config.samples)[1], config)
+
+
+def batch_answers(requests: list[tuple[int, dict]], cache, config: TeachConfig, output: Path) -> tuple:
+    """Answers from the batch route (--batch) or a results file (--ingest); what stays unanswered is a failed item."""
+    from dsbs.batch import custom_id, ingest_file, run_batches
+
+    answers, pending = split_cached(requests, cache, config, config.samples)
+    stats = Counter(cached=len(answers))
+    if config.ingest:
+        errors = ingest_file(config.ingest, pending, cache, reply_limit(config))["error_details"]
+    else:
+        errors = run_batches(pending, cache, config, output, reply_limit(config))
+    missing = "no answer in the results file" if config.ingest else "no answer from the batch route"
+    for i, s, _, key in pending:
+        got = cache.get(key)
+        answers[(i, s)] = got or {"error": errors.get(custom_id(key, s), missing)}
+        stats["failed" if got is None else "answered"] += 1
+        stats["cut_replies"] += bool(got and got.get("cut"))
+    return answers, stats
+
+
+def live_estimate(requests: list[tuple[int, dict]], cache, config: TeachConfig, spec) -> dict | None:
+    """The dry run's estimate for the requests about to be sent, where a tokenizer is at hand without building
+    one (the summary and card put it beside the tokens the teacher reports)."""
+    count, tokenizer, exact = token_counter(config, build_student=False)
+    if count is None:
+        return None
+    answers, pending = split_cached(requests, cache, config, config.samples)
+    return estimate([r for _, _, r, _ in pending], len(answers), [a for _, a in spec.exemplars], config, count,
+                    tokenizer, exact)
 
 
 def record_for(task, config: TeachConfig, i: int, row, got: list[dict]) -> dict:

@@ -1,0 +1,281 @@
+"""The providers' batch route for `dsbs teach`: the same requests at half the price, answered within 24 hours.
+
+Every request the live path would send becomes one line of OpenAI's batch format (``custom_id``,
+``method``, ``url``, ``body``); its ``custom_id`` is the answer's cache key and sample index, so an
+answer lands in the same cache, through the same reply-size limit, as a live one, and nothing the
+cache holds is asked again. Request files are split at the provider's limits, uploaded with the
+Files API, and each batch's id is written to ``OUTPUT/batches.json`` the moment it exists: a run
+killed while it waits, run again, polls those batches instead of paying twice. An expired or
+cancelled batch keeps its partial results; only the missing items go into a new batch. Ctrl-C
+leaves the batches running (the same command collects them; ``--cancel`` cancels them).
+
+Offline, ``--batch-file`` writes the request file only (for ``vllm run-batch -i FILE -o OUT --model
+M`` or any provider's upload) and ``--ingest OUT`` reads the results back.
+"""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from dsbs.errors import DataError, MissingDependency, UserError
+from dsbs.files import write_atomic
+from dsbs.redaction import redact
+
+STATE = "batches.json"
+TERMINAL = ("completed", "expired", "cancelled", "failed")
+ROUNDS = 3  # batches submitted for the same missing items before the run gives up on them
+
+
+def custom_id(key: str, sample: int) -> str:
+    return f"{key}-{sample}"
+
+
+def key_of(custom: str) -> str:
+    return custom.rsplit("-", 1)[0]
+
+
+def request_lines(pending: list, config) -> list[str]:
+    """One batch-format line per pending (row, sample, request, key): each custom_id once."""
+    lines, seen = [], set()
+    for _, sample, request, key in pending:
+        cid = custom_id(key, sample)
+        if cid not in seen:
+            seen.add(cid)
+            url = "/v1/chat/completions" if "messages" in request else "/v1/completions"
+            lines.append(json.dumps({"custom_id": cid, "method": "POST", "url": url,
+                                     "body": {"model": config.model, **request}}, ensure_ascii=False))
+    return lines
+
+
+def split_files(lines: list[str], max_requests: int, max_bytes: int) -> list[list[str]]:
+    """Lines in files of at most ``max_requests`` lines and ``max_bytes`` bytes each."""
+    files, current, size = [], [], 0
+    for line in lines:
+        length = len(line.encode()) + 1
+        if current and (len(current) == max_requests or size + length > max_bytes):
+            files.append(current)
+            current, size = [], 0
+        current.append(line)
+        size += length
+    return files + ([current] if current else [])
+
+
+def answer_of(result: dict, limit: int) -> tuple[dict | None, str | None]:
+    """(answer as the live path stores it, error) of one results line."""
+    response = result.get("response") or {}
+    if result.get("error") or response.get("status_code", 200) >= 400:
+        detail = result.get("error") or response.get("body")
+        return None, redact(f"batch request failed: {json.dumps(detail)[:300]}")
+    try:
+        body = response["body"]
+        choice = body["choices"][0]
+        text = choice["message"]["content"] if "message" in choice else choice["text"]
+        usage = body.get("usage") or {}
+    except (KeyError, IndexError, TypeError) as err:
+        return None, f"unreadable batch result: {type(err).__name__}"
+    answer = {"text": text, "prompt_tokens": usage.get("prompt_tokens"),
+              "completion_tokens": usage.get("completion_tokens")}
+    if len(text) > limit:
+        answer = {**answer, "text": text[:limit], "cut": True}
+    return answer, None
+
+
+def ingest_lines(lines, wanted: set[str], cache, limit: int, where: str) -> dict:
+    """Store every answer of a results file whose key is wanted; counts of what each line was."""
+    counts = {"stored": 0, "errors": 0, "unknown": 0, "duplicates": 0}
+    errors, seen = {}, set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            result = json.loads(line)
+            cid = result["custom_id"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{where}:{number}: not a batch result line (JSON with a custom_id)") from None
+        key = key_of(cid)
+        if key not in wanted:
+            counts["unknown"] += 1
+            continue
+        if cid in seen:
+            counts["duplicates"] += 1
+            continue
+        seen.add(cid)
+        answer, error = answer_of(result, limit)
+        if answer is None:
+            counts["errors"] += 1
+            errors[cid] = error
+        else:
+            cache.put(key, answer)
+            counts["stored"] += 1
+    return {**counts, "error_details": errors}
+
+
+class BatchAPI:
+    """The Files and Batches endpoints of an OpenAI-compatible server."""
+
+    def __init__(self, config):
+        try:
+            import httpx
+        except ImportError:
+            raise MissingDependency("the batch route needs httpx: pip install 'dsbs[openai]'") from None
+        import os
+
+        self.config, self.httpx = config, httpx
+        self.key = os.environ.get(config.api_key_env) or ""
+        self.base = (config.base_url or "https://api.openai.com/v1").rstrip("/")
+        self.client = httpx.Client(timeout=httpx.Timeout(config.timeout),
+                                   headers={"Authorization": f"Bearer {self.key}"} if self.key else {})
+
+    def call(self, method: str, path: str, **kwargs):
+        """One call with the live path's retries (timeouts, 429 with Retry-After, 5xx)."""
+        from dsbs.teach import RetryableError, TeacherStopped, call_with_retries
+
+        def once():
+            try:
+                response = self.client.request(method, self.base + path, **kwargs)
+            except self.httpx.HTTPError as err:
+                raise RetryableError(redact(f"{type(err).__name__}: {err}", (self.key,))) from None
+            if response.status_code in (401, 403):
+                raise TeacherStopped(f"the server refused the batch request (HTTP {response.status_code}): check the "
+                                     f"key in ${self.config.api_key_env}")
+            if response.status_code == 429 or response.status_code >= 500:
+                retry = response.headers.get("retry-after")
+                raise RetryableError(f"HTTP {response.status_code}", float(retry) if retry else None)
+            if response.status_code >= 400:
+                raise UserError(f"{method} {path}: HTTP {response.status_code}: "
+                                f"{redact(response.text[:300], (self.key,))}")
+            return response
+
+        return call_with_retries(once, self.config.max_retries, max_retry_after=self.config.max_retry_after)
+
+    def submit(self, lines: list[str], endpoint: str) -> dict:
+        data = ("".join(line + "\n" for line in lines)).encode()
+        uploaded = self.call("POST", "/files", data={"purpose": "batch"},
+                             files={"file": ("requests.jsonl", data, "application/jsonl")}).json()
+        batch = self.call("POST", "/batches", json={"input_file_id": uploaded["id"], "endpoint": endpoint,
+                                                    "completion_window": "24h"}).json()
+        return {"id": batch["id"], "input_file_id": uploaded["id"], "requests": len(lines), "status": batch["status"]}
+
+    def status(self, batch_id: str) -> dict:
+        return self.call("GET", f"/batches/{batch_id}").json()
+
+    def content(self, file_id: str) -> str:
+        return self.call("GET", f"/files/{file_id}/content").text
+
+    def cancel(self, batch_id: str) -> dict:
+        return self.call("POST", f"/batches/{batch_id}/cancel").json()
+
+
+def read_state(output: Path) -> dict:
+    path = output / STATE
+    if not path.is_file():
+        return {"batches": []}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err}); it lists the batches this output paid for") from None
+
+
+def write_state(output: Path, state: dict) -> None:
+    write_atomic(output / STATE, json.dumps(state, indent=2))
+
+
+def run_batches(pending: list, cache, config, output: Path, limit: int, sleep=time.sleep) -> dict:
+    """Submit the pending requests (or collect the batches already submitted), wait, store every answer.
+
+    Returns the batch errors by custom_id (items that stay unanswered are failed items, as live)."""
+    api, state = BatchAPI(config), read_state(output)
+    wanted = {key for _, _, _, key in pending} | {k for b in state["batches"] for k in b.get("keys", [])}
+    errors: dict = {}
+    for _ in range(ROUNDS):
+        open_batches = [b for b in state["batches"] if not b.get("ingested")]
+        if not open_batches:
+            missing = [p for p in pending if cache.get(p[3]) is None and custom_id(p[3], p[1]) not in errors]
+            if not missing:
+                break
+            submit(api, missing, config, output, state)
+        wait(api, config, output, state, sleep)
+        for batch in [b for b in state["batches"] if not b.get("ingested")]:
+            counts = collect(api, batch, wanted, cache, limit)
+            errors.update(counts.pop("error_details"))
+            batch.update(ingested=True, counts=counts)
+            write_state(output, state)
+    return errors
+
+
+def submit(api: BatchAPI, pending: list, config, output: Path, state: dict) -> None:
+    lines = request_lines(pending, config)
+    endpoint = "/v1/chat/completions" if config.api == "chat" else "/v1/completions"
+    for part in split_files(lines, config.batch_max_requests, config.batch_max_bytes):
+        batch = api.submit(part, endpoint)
+        batch["keys"] = sorted({key_of(json.loads(line)["custom_id"]) for line in part})
+        state["batches"].append(batch)
+        write_state(output, state)  # before anything else: a kill now must not pay for it twice
+        print(f"submitted batch {batch['id']}: {batch['requests']} requests", file=sys.stderr)
+
+
+def wait(api: BatchAPI, config, output: Path, state: dict, sleep) -> None:
+    """Poll the open batches with backoff until each has ended; Ctrl-C leaves them running."""
+    delay = config.batch_poll
+    try:
+        while True:
+            open_batches = [b for b in state["batches"] if not b.get("ingested") and b["status"] not in TERMINAL]
+            if not open_batches:
+                return
+            for batch in open_batches:
+                reply = api.status(batch["id"])
+                counts = reply.get("request_counts") or {}
+                batch.update(status=reply["status"], output_file_id=reply.get("output_file_id"),
+                             error_file_id=reply.get("error_file_id"))
+                print(f"batch {batch['id']}: {reply['status']}, {counts.get('completed', 0)} completed, "
+                      f"{counts.get('failed', 0)} failed of {counts.get('total', batch['requests'])}", file=sys.stderr)
+            write_state(output, state)
+            if any(b["status"] not in TERMINAL for b in open_batches):
+                sleep(delay)
+                delay = min(delay * 2, config.batch_poll_max)
+    except KeyboardInterrupt:
+        print(f"stopped waiting: the batches in {output / STATE} keep running at the provider; run the same "
+              "command again to collect them, or add --cancel to cancel them", file=sys.stderr)
+        raise
+
+
+def collect(api: BatchAPI, batch: dict, wanted: set[str], cache, limit: int) -> dict:
+    """Store the answers of an ended batch (a failed one has none, an expired one some)."""
+    if batch["status"] == "failed" and not batch.get("output_file_id"):
+        print(f"batch {batch['id']} failed at the provider; its items will be asked again", file=sys.stderr)
+    counts = {"stored": 0, "errors": 0, "unknown": 0, "duplicates": 0, "error_details": {}}
+    for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
+        if file_id:
+            got = ingest_lines(api.content(file_id).splitlines(), wanted, cache, limit, f"batch file {file_id}")
+            for name, value in got.items():
+                counts[name] = {**counts[name], **value} if name == "error_details" else counts[name] + value
+    return counts
+
+
+def cancel_batches(config, output: Path) -> dict:
+    """--cancel: cancel every recorded batch that has not ended; its partial results are still collected later."""
+    api, state = BatchAPI(config), read_state(output)
+    cancelled = []
+    for batch in state["batches"]:
+        if not batch.get("ingested") and batch["status"] not in TERMINAL:
+            batch["status"] = api.cancel(batch["id"]).get("status", "cancelling")
+            cancelled.append(batch["id"])
+    write_state(output, state)
+    return {"cancelled": cancelled}
+
+
+def write_request_file(path: str, pending: list, config) -> dict:
+    """--batch-file: the request lines of everything not yet answered, for vllm run-batch or a provider."""
+    lines = request_lines(pending, config)
+    write_atomic(path, "".join(line + "\n" for line in lines))
+    return {"requests_written": len(lines), "file": path}
+
+
+def ingest_file(path: str, pending: list, cache, limit: int) -> dict:
+    """--ingest: a results file (OpenAI batch output, vllm run-batch output) into the cache."""
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file not found")
+    wanted = {key for _, _, _, key in pending}
+    with open(path, encoding="utf-8") as f:
+        return ingest_lines(f, wanted, cache, limit, path)

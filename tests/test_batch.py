@@ -1,0 +1,134 @@
+"""The batch route of `dsbs teach` against a fake OpenAI Files/Batches API: every fault, no item paid twice."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from dsbs.configs import TeachConfig
+from dsbs.tasks import TaskConfig
+from dsbs.teach import teach
+from tests.fake_openai import FakeOpenAI
+
+pytest.importorskip("httpx")
+DEMO = TaskConfig(task="demo")
+LIMIT = 8
+
+
+def batch_config(server, tmp_path, **overrides) -> TeachConfig:
+    settings = dict(backend="openai", base_url=server.url, model="fake", limit=LIMIT, batch=True, batch_poll=0.01,
+                    batch_poll_max=0.05, max_retries=3, output=str(tmp_path / "teach"))
+    return TeachConfig(**{**settings, **overrides})
+
+
+def read_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in open(path)]
+
+
+def live_outputs(tmp_path) -> tuple[dict, list[dict]]:
+    """What a live run of the same items writes, for comparison with the batch route's."""
+    with FakeOpenAI() as server:
+        summary = teach(DEMO, TeachConfig(backend="openai", base_url=server.url, model="fake", limit=LIMIT,
+                                          output=str(tmp_path / "live")))
+    return summary, read_jsonl(tmp_path / "live" / "train.jsonl")
+
+
+def test_a_batch_run_writes_what_a_live_run_writes(tmp_path):
+    with FakeOpenAI(batch_fault="messy", upload_429=True) as server:  # results out of order, doubled, unknown
+        summary = teach(DEMO, batch_config(server, tmp_path))
+        assert set(server.batch.submitted.values()) == {1} and len(server.batch.submitted) == LIMIT
+        assert not server.requests  # not one live request: exemplars come from the demo's rows
+        teach(DEMO, batch_config(server, tmp_path))  # everything is cached: a rerun submits nothing
+        assert len(server.batch.batches) == 1
+    _, live_rows = live_outputs(tmp_path)
+    assert read_jsonl(tmp_path / "teach" / "train.jsonl") == live_rows
+    assert summary["route"] == "batch" and summary["failed_items"] == 0 and summary["items"] == LIMIT
+    state = json.loads((tmp_path / "teach" / "batches.json").read_text())
+    assert state["batches"][0]["counts"] == {"stored": LIMIT, "errors": 0, "unknown": 1, "duplicates": 1}
+    assert "batch route" in (tmp_path / "teach" / "README.md").read_text()
+    lines = server.batch.files[state["batches"][0]["input_file_id"]].splitlines()
+    assert {json.loads(line)["url"] for line in lines} == {"/v1/completions"}
+
+
+@pytest.mark.parametrize("fault", ["expire-half", "failed"])
+def test_an_expired_or_failed_batch_keeps_its_answers_and_asks_only_the_missing(fault, tmp_path):
+    with FakeOpenAI(batch_fault=fault) as server:
+        summary = teach(DEMO, batch_config(server, tmp_path))
+        second = server.batch.batches["batch-1"]["lines"]
+        assert len(second) == (LIMIT // 2 if fault == "expire-half" else LIMIT)  # only what has no answer yet
+        assert set(server.batch.answered.values()) == {1} and len(server.batch.answered) == LIMIT  # none paid twice
+    assert summary["failed_items"] == 0
+
+
+def test_error_lines_are_failed_items_asked_again_by_a_rerun(tmp_path):
+    with FakeOpenAI(batch_fault="error-lines") as server:
+        summary = teach(DEMO, batch_config(server, tmp_path))
+        assert summary["failed_items"] == 3 and len(server.batch.batches) == 1  # lines 0, 3 and 6 of 8
+        details = read_jsonl(tmp_path / "teach" / "llm" / "train_teacher.jsonl")
+        assert sum("batch request failed" in " ".join(d["errors"]) for d in details) == 3
+        summary = teach(DEMO, batch_config(server, tmp_path))
+        assert len(server.batch.batches["batch-1"]["lines"]) == 3 and summary["failed_items"] == 0
+
+
+def start_and_kill_while_polling(server, tmp_path) -> None:
+    """A batch run in another process, killed once its batch is recorded and it is polling."""
+    code = ("from dsbs.configs import TeachConfig; from dsbs.tasks import TaskConfig; from dsbs.teach import teach; "
+            f"teach(TaskConfig(task='demo'), TeachConfig(backend='openai', base_url={server.url!r}, model='fake', "
+            f"limit={LIMIT}, batch=True, batch_poll=0.05, batch_poll_max=0.05, output={str(tmp_path / 'teach')!r}))")
+    process = subprocess.Popen([sys.executable, "-c", code], start_new_session=True, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not server.batch.batches or server.batch.batches["batch-0"]["reads"] < 2:
+        assert time.time() < deadline and process.poll() is None, "the batch run never polled"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_a_kill_while_polling_then_a_rerun_submits_nothing_new(tmp_path):
+    with FakeOpenAI(batch_polls=10**6) as server:  # the batch does not end while the first run waits
+        start_and_kill_while_polling(server, tmp_path)
+        server.batch.polls = 0  # the provider finishes it now
+        summary = teach(DEMO, batch_config(server, tmp_path))
+        assert len(server.batch.batches) == 1 and set(server.batch.submitted.values()) == {1}
+    assert summary["failed_items"] == 0 and summary["route"] == "batch"
+
+
+def test_cancel_stops_the_recorded_batches_and_a_rerun_keeps_their_partial_results(tmp_path):
+    with FakeOpenAI(batch_polls=10**6) as server:
+        start_and_kill_while_polling(server, tmp_path)
+        assert teach(DEMO, batch_config(server, tmp_path, batch=False, cancel=True)) == {"cancelled": ["batch-0"]}
+        server.batch.polls = 0
+        summary = teach(DEMO, batch_config(server, tmp_path))
+        assert len(server.batch.batches["batch-1"]["lines"]) == LIMIT // 2  # the half the cancel left unanswered
+        assert set(server.batch.answered.values()) == {1} and len(server.batch.answered) == LIMIT
+    assert summary["failed_items"] == 0
+
+
+def test_an_offline_request_file_runs_through_ingest(tmp_path):
+    """--batch-file writes what vllm run-batch reads; --ingest reads back what it writes."""
+    requests = tmp_path / "requests.jsonl"
+    config = TeachConfig(backend="openai", model="m", limit=LIMIT, output=str(tmp_path / "teach"))
+    import dataclasses
+
+    written = teach(DEMO, dataclasses.replace(config, batch_file=str(requests)))
+    assert written["requests_written"] == LIMIT
+    lines = read_jsonl(requests)
+    assert {line["method"] for line in lines} == {"POST"} and len({line["custom_id"] for line in lines}) == LIMIT
+    results = tmp_path / "results.jsonl"  # vllm run-batch's format, in another order
+    with open(results, "w") as f:
+        for n, line in enumerate(reversed(lines)):
+            body = {"id": f"cmpl-{n}", "object": "text_completion", "model": "m",
+                    "choices": [{"index": 0, "text": " Count them. So the answer is 7.", "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20}}
+            f.write(json.dumps({"id": f"vllm-{n}", "custom_id": line["custom_id"],
+                                "response": {"status_code": 200, "request_id": f"r{n}", "body": body},
+                                "error": None}) + "\n")
+    summary = teach(DEMO, dataclasses.replace(config, ingest=str(results)))
+    rows = read_jsonl(tmp_path / "teach" / "train.jsonl")
+    assert summary["route"] == "ingest" and summary["failed_items"] == 0 and summary["completion_tokens"] == 8 * LIMIT
+    assert all(r["teacher_label"] == "7" and r["rationale"] == "Count them." for r in rows)

@@ -194,3 +194,56 @@ def test_checkpoints_keep_and_restore_cudas_random_state(monkeypatch):
     assert state["cuda_rng"] is saved
     restore_rng(state)
     assert restored == [saved]
+
+
+def test_a_row_split_by_settings_is_still_compared_within_its_settings(tmp_path):
+    from dsbs.report import report
+
+    def line(method: str, seed: int, order: str | None, vector: str) -> dict:
+        return {"run": f"{method}-{seed}-{order}", "task": "demo", "method": method, "fraction": 1.0, "student": "s",
+                "seed": seed, "test_accuracy": vector.count("1") / 10, "test_n": 10, "test_correct": vector,
+                "train_settings": {"lr": 1e-4, "log_interval": seed + 1}, **({"protocol": {"split_order": order}}
+                                                                            if order else {})}
+
+    lines = [line(m, seed, order, v) for order in (None, "paper") for seed in (0, 1, 2)
+             for m, v in (("standard", "0101010101"), ("dsbs", "1101010111"))]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    text = report(str(tmp_path))["markdown"]
+    assert "| dsbs (split=paper) | standard (split=paper) |" in text
+    assert "| dsbs (split=pool (old)) | standard (split=pool (old)) |" in text
+    assert "log_interval" not in text  # a setting that does not change results splits nothing
+
+
+def test_evaluate_keeps_the_recorded_test_file_for_the_same_file_written_another_way(tmp_path, monkeypatch):
+    from dsbs.tasks import student_task_config
+
+    data = tmp_path / "d" / "mine.jsonl"
+    data.parent.mkdir()
+    data.write_text('{"input": "a", "label": "b"}\n')
+    meta = {"task": "mine", "task_config": {"task": str(data.resolve()), "test_file": "/x/test.jsonl",
+                                            "label_set": "b,c"}}
+    monkeypatch.chdir(tmp_path)
+    config = student_task_config(meta, TaskConfig(task="d/mine.jsonl"))
+    assert config.test_file == "/x/test.jsonl" and config.label_set == "b,c"
+    other = student_task_config(meta, TaskConfig(task="other.jsonl"))
+    assert other.test_file is None and other.label_set == "b,c"
+
+
+def test_a_teach_output_with_clusters_trains(tmp_path, tiny_causal):
+    """Before: the teach output kept the source's --cluster-field, which its own rows do not have."""
+    from dsbs.configs import TeachConfig
+    from dsbs.tasks import get_task
+    from dsbs.teach import teach
+    from tests.fake_openai import FakeOpenAI
+
+    rows = [{"q": f"{a} plus {b}?", "answer": str(a + b), "passage": f"p{a % 3}", "why": "add them"}
+            for a in range(12) for b in (1, 2)]
+    source = tmp_path / "sums.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    task = TaskConfig(task=str(source), input_field="q", label_field="answer", rationale_field="why",
+                      cluster_field="passage", metric="equation")
+    with FakeOpenAI() as server:
+        teach(task, TeachConfig(backend="openai", base_url=server.url, model="m", output=str(tmp_path / "teach")))
+    taught = TaskConfig(task=str(tmp_path / "teach"))
+    assert {e.cluster for e in get_task(taught).load("train")} == {"p0", "p1", "p2"}
+    assert train(taught, tiny(tiny_causal, tmp_path / "run", eval_limit=2))["steps"] == 2

@@ -129,7 +129,7 @@ class BatchAPI:
 
     def call(self, method: str, path: str, **kwargs):
         """One call with the live path's retries (timeouts, 429 with Retry-After, 5xx)."""
-        from dsbs.teach import RetryableError, TeacherStopped, call_with_retries
+        from dsbs.teach import RetryableError, TeacherStopped, _seconds, call_with_retries
 
         def once():
             try:
@@ -140,8 +140,7 @@ class BatchAPI:
                 raise TeacherStopped(f"the server refused the batch request (HTTP {response.status_code}): check the "
                                      f"key in ${self.config.api_key_env}")
             if response.status_code == 429 or response.status_code >= 500:
-                retry = response.headers.get("retry-after")
-                raise RetryableError(f"HTTP {response.status_code}", float(retry) if retry else None)
+                raise RetryableError(f"HTTP {response.status_code}", _seconds(response.headers.get("retry-after")))
             if response.status_code >= 400:
                 raise UserError(f"{method} {path}: HTTP {response.status_code}: "
                                 f"{redact(response.text[:300], (self.key,))}")

@@ -146,6 +146,11 @@ class TrainConfig:
         check_at_least(self, 1, "max_steps", "batch_size", "grad_accum", "log_interval")
 
 
+# TrainConfig fields that change how a run is watched or stored, not what it trains: not part of a run's identity
+NOT_RESULT_SETTINGS = ("resume", "output", "report_to", "tracker_project", "log_interval", "phase_times",
+                       "keep_checkpoints", "save_interval", "eval_batch_size")
+
+
 @dataclass
 class TeachConfig:
     """Which teacher to ask, how, and where to put its answers."""

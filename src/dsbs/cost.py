@@ -9,7 +9,6 @@ message are not in the count.
 """
 
 import statistics
-import sys
 
 from dsbs.names import DEFAULT_STUDENT, default_cache_dir
 
@@ -38,13 +37,21 @@ def token_counter(config, build_student: bool = True):
             note = "tiktoken is not installed (pip install 'dsbs[tiktoken]')"
         except Exception as err:  # noqa: BLE001 - an unknown model, or no network for tiktoken's files
             note = f"tiktoken has no encoding here for {config.model} ({type(err).__name__})"
-    elif config.model == DEFAULT_STUDENT or not config.model.endswith(".gguf"):
+    elif config.model != DEFAULT_STUDENT and not config.model.endswith(".gguf"):
         return local_counter(config.model), f"the teacher's own tokenizer ({config.model})", True
+    elif config.model == DEFAULT_STUDENT:  # the bundled teacher's tokenizer is the default student's
+        if build_student or student_is_built():
+            return local_counter(DEFAULT_STUDENT), f"the teacher's own tokenizer ({config.model})", True
+        return None, "the bundled teacher's tokenizer is not built yet", False
     else:
         note = "the teacher is a GGUF file"
-    if not build_student and not (default_cache_dir() / "models" / DEFAULT_STUDENT / "config.json").is_file():
+    if not build_student and not student_is_built():
         return None, note, False
     return local_counter(DEFAULT_STUDENT), f"an estimate with the {DEFAULT_STUDENT} tokenizer: {note}", False
+
+
+def student_is_built() -> bool:
+    return (default_cache_dir() / "models" / DEFAULT_STUDENT / "config.json").is_file()
 
 
 def hf_counter(name: str):
@@ -80,7 +87,3 @@ def estimate(requests: list[dict], cached: int, exemplar_answers: list[str], con
                                                                                          config.price_out]}
     return result
 
-
-def print_estimate(result: dict) -> None:
-    for key, value in result.items():
-        print(f"{key:>32}: {value}", file=sys.stderr)

@@ -9,11 +9,13 @@ length. Everything is computed from results.jsonl alone: each line carries its p
 correctness.
 """
 
+import functools
 import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+from dsbs.configs import NOT_RESULT_SETTINGS
 from dsbs.errors import DataError
 from dsbs.methods import METHOD_NAMES
 from dsbs.tasks import built_in_names, built_in_task
@@ -33,10 +35,18 @@ def references(task: str) -> tuple[float | None, dict]:
     return spec.teacher_few_shot_accuracy, spec.paper_t5_base
 
 
+def row_parts(row: str) -> tuple[str, str, str]:
+    """(method, " [variant]" or "", " (settings)" or "") of a row's name."""
+    method, _, rest = row.partition(" ")
+    variant = rest[: rest.index("]") + 1] if rest.startswith("[") else ""
+    settings = rest[len(variant):].strip()
+    return method, f" {variant}" if variant else "", f" {settings}" if settings else ""
+
+
 def method_rank(row: str) -> tuple:
     """Rows in the order of dsbs.methods (a name from an older results file last), variants after."""
-    method, _, variant = row.partition(" [")
-    return (METHOD_NAMES.index(method) if method in METHOD_NAMES else len(METHOD_NAMES)), variant
+    method, variant, settings = row_parts(row)
+    return (METHOD_NAMES.index(method) if method in METHOD_NAMES else len(METHOD_NAMES)), variant, settings
 
 
 def label(result: dict) -> str:
@@ -47,7 +57,8 @@ def label(result: dict) -> str:
 def settings_of(result: dict) -> dict:
     """What a result line was trained with beyond its cell: the recipe's settings and the split order."""
     order = (result.get("protocol") or {}).get("split_order") or "pool (old)"
-    return {**(result.get("train_settings") or {}), "split": order, "test_limit": result.get("test_limit")}
+    settings = {k: v for k, v in (result.get("train_settings") or {}).items() if k not in NOT_RESULT_SETTINGS}
+    return {**settings, "split": order, "test_limit": result.get("test_limit")}
 
 
 def settings_labels(results: list[dict]) -> dict[int, str]:
@@ -76,13 +87,18 @@ def group_results(results: list[dict]) -> dict:
     return groups
 
 
-def baseline(cells: dict, row: str) -> str | None:
-    """The standard fine-tuning row a row is compared with: its variant's own, else the plain one."""
-    variant = row[row.index(" [") :] if " [" in row else ""
-    for candidate in (f"standard{variant}", "standard"):
+def reference_row(cells: dict, row: str, method: str) -> str | None:
+    """The row of ``method`` a row is compared with: of its variant and settings, else its variant's, else the
+    plain one (where runs of other settings split a row, a comparison stays within the same settings)."""
+    _, variant, settings = row_parts(row)
+    for candidate in (f"{method}{variant}{settings}", f"{method}{variant}", f"{method}{settings}", method):
         if candidate in cells and candidate != row:
             return candidate
     return None
+
+
+def baseline(cells: dict, row: str) -> str | None:
+    return reference_row(cells, row, "standard")
 
 
 def matrix(lines: list[dict], seeds: list[int] | None = None):
@@ -103,7 +119,12 @@ def item_clusters(lines: list[dict]) -> list | None:
     for r in lines:
         if r.get("test_clusters"):
             return r["test_clusters"]
-    task, n = lines[0].get("task"), lines[0].get("test_n")
+    return benchmark_clusters(lines[0].get("task"), lines[0].get("test_n"))
+
+
+@functools.lru_cache(maxsize=16)
+def benchmark_clusters(task: str | None, n: int | None) -> list | None:
+    """The clusters of a built-in benchmark's first ``n`` test rows, read once (None without its data)."""
     if task not in built_in_names() or not built_in_task(task).paper_layout:
         return None
     try:
@@ -192,7 +213,7 @@ def against_standard(cells: dict, fractions: list[float]) -> list[str]:
     rows = []
     for row in sorted(cells, key=method_rank):
         reference = baseline(cells, row)
-        if reference is None or row.partition(" [")[0] == "standard":
+        if reference is None or row_parts(row)[0] == "standard":
             continue
         rows += [comparison_row(row, reference, f, cells[row][f], cells[reference][f]) for f in fractions
                  if cells[row].get(f) and cells[reference].get(f)]
@@ -211,9 +232,8 @@ def against_distill(cells: dict, fractions: list[float]) -> list[str]:
     one) at the same data, paired."""
     rows = []
     for row in sorted(cells, key=method_rank):
-        variant = row[row.index(" [") :] if " [" in row else ""
-        reference = next((c for c in (f"distill{variant}", "distill") if c in cells), None)
-        if reference is None or row.partition(" [")[0] == "distill":
+        reference = reference_row(cells, row, "distill")
+        if reference is None or row_parts(row)[0] == "distill":
             continue
         rows += [comparison_row(row, reference, f, cells[row][f], cells[reference][f]) for f in fractions
                  if cells[row].get(f) and cells[reference].get(f) and teacher_labelled(cells[row][f])]
@@ -225,8 +245,9 @@ def against_plain(cells: dict, fractions: list[float]) -> list[str]:
     """Each variant's row minus its method's plain row (e.g. "dsbs [prefix]" against "dsbs"), paired."""
     rows = []
     for row in sorted(cells, key=method_rank):
-        plain = row.partition(" [")[0]
-        if plain == row or plain not in cells:
+        method, _, settings = row_parts(row)
+        plain = next((c for c in (f"{method}{settings}", method) if c in cells and c != row), row)
+        if plain == row:
             continue
         rows += [comparison_row(row, plain, f, cells[row][f], cells[plain][f]) for f in fractions
                  if cells[row].get(f) and cells[plain].get(f)]
@@ -244,7 +265,7 @@ def budget_curves(cells: dict, fraction: float) -> dict:
     wins), where there are at least two lengths."""
     curves = {}
     for row in sorted(cells, key=method_rank):
-        method = row.partition(" [")[0]
+        method = row_parts(row)[0]
         lines, plain = cells[row].get(fraction), cells.get(method, {}).get(fraction)
         if lines and plain and lines[0].get("steps") and without_budget(lines) == without_budget(plain):
             curves.setdefault(method, {}).setdefault(lines[0]["steps"], lines)

@@ -486,6 +486,10 @@ def teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     ``config.dry_run`` only the estimate of what that would take, sending and writing nothing."""
     if config.dry_run:
         return dry_run(task_config, resolve_api(config))
+    if config.cancel:
+        from dsbs.batch import cancel_batches
+
+        return cancel_batches(config, Path(config.output))
     with exclusive(config.output, "teach"):
         return _teach(task_config, config)
 
@@ -541,7 +545,7 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     rows = task.load(split)
     rows = rows[: config.limit] if config.limit else rows
     output = Path(config.output)
-    offline = config.batch_file or config.ingest or config.cancel
+    offline = config.batch_file or config.ingest
     cache, teacher = AnswerCache(output / "cache.sqlite"), (NoTeacher if offline else Teacher)(config)
     spec, prompt_source = teacher_prompt(task, config, rows, teacher, cache)
     write_atomic(output / "prompt.json", prompt_json(spec))
@@ -558,9 +562,11 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
         bar.set_postfix(failed=parsed["failed"], unparsed=parsed["parse_failures"], tokens=parsed["tokens"])
 
     requests = [(i, make_request(config, spec, row.input)) for i, row in enumerate(rows)]
-    if config.batch_file or config.cancel:
+    if config.batch_file:
         bar.close()
-        return offline_step(requests, cache, config, output)
+        from dsbs.batch import write_request_file
+
+        return write_request_file(config.batch_file, split_cached(requests, cache, config, config.samples)[1], config)
     expected = live_estimate(requests, cache, config, spec)
     if config.batch or config.ingest:
         answers, stats = batch_answers(requests, cache, config, output)
@@ -580,15 +586,6 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     summary["files"].append(str(write_teach_dataset(output, task, split, records, summary, spec, config)))
     write_atomic(output / "teach_summary.json", json.dumps(summary, indent=2))
     return summary
-
-
-def offline_step(requests: list[tuple[int, dict]], cache, config: TeachConfig, output: Path) -> dict:
-    """--batch-file (write the requests still to answer) or --cancel (cancel recorded batches)."""
-    from dsbs.batch import cancel_batches, write_request_file
-
-    if config.cancel:
-        return cancel_batches(config, output)
-    return write_request_file(config.batch_file, split_cached(requests, cache, config, config.samples)[1], config)
 
 
 def batch_answers(requests: list[tuple[int, dict]], cache, config: TeachConfig, output: Path) -> tuple:
@@ -630,6 +627,7 @@ def record_for(task, config: TeachConfig, i: int, row, got: list[dict]) -> dict:
     chosen = next((k for k, (_, lab, _) in enumerate(read) if label is not None and lab == label), 0)
     return {
         "index": i, "id": row.id, "input": row.input, "label": row.label, "rationale": rationale,
+        "cluster": row.cluster,
         "teacher_label": label, "label_as_written": read[chosen][2] if label is not None else None,
         "agreeing_rationales": agreeing if config.samples > 1 else None, "completions": texts, "chosen": chosen,
         "samples": [{"rationale": r, "teacher_label": lab} for r, lab, _ in read],
@@ -675,8 +673,8 @@ def write_outputs(task_config: TaskConfig, task, split: str, records: list[dict]
         record = {"benchmark": task.name, "split": split}
     else:
         rows = [{"id": r["id"], "input": r["input"], "label": r["label"], "rationale": r["rationale"],
-                 "teacher_label": r["teacher_label"], **({"samples": r["samples"]} if len(r["samples"]) > 1 else {})}
-                for r in records]
+                 "teacher_label": r["teacher_label"], **({"samples": r["samples"]} if len(r["samples"]) > 1 else {}),
+                 **({"cluster": r["cluster"]} if r.get("cluster") is not None else {})} for r in records]
         path = output / f"{split}.jsonl"
         write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         written, details = [str(path)], output / "llm" / f"{split}_teacher.jsonl"

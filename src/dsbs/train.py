@@ -30,7 +30,7 @@ from dsbs.batching import (
     training_label,
 )
 from dsbs.checkpoint import gather, latest_checkpoint, load_training_state, save_model
-from dsbs.configs import TrainConfig
+from dsbs.configs import NOT_RESULT_SETTINGS, TrainConfig
 from dsbs.errors import ConfigError, DataError, MissingDependency
 from dsbs.files import exclusive, write_atomic
 from dsbs.methods import LABEL_TASK, RATIONALE_TASK, TASK_NAMES, Method, get_method
@@ -108,11 +108,13 @@ def check_training_rows(task: Task, method: Method, config: TrainConfig, rows: l
     if method.rationale == "none" or config.allow_missing_rationales:
         return
     if with_rationale < RATIONALE_MIN_SHARE * len(rows):
+        selected = (f"; --rationales {config.rationales} kept only those whose label is the gold one"
+                    if config.rationales != "all" else "")
         raise DataError(
             f"{config.method} learns from rationales, but only {with_rationale} of {len(rows)} training rows have "
-            f"one ({fields['rationale']}). Let a teacher write them (dsbs teach --task YOUR_TASK --output runs/teach, "
-            "then dsbs train --task runs/teach), name the right field, or pass --allow-missing-rationales to train "
-            "anyway" + (" (rows without one learn the label alone)" if method.rationale == "task" else ""))
+            f"one ({fields['rationale']}{selected}). Let a teacher write them (dsbs teach --task YOUR_TASK --output "
+            "runs/teach, then dsbs train --task runs/teach), name the right field, or pass --allow-missing-rationales "
+            "to train anyway" + (" (rows without one learn the label alone)" if method.rationale == "task" else ""))
 
 
 def write_skipped(path: Path, notes: list[dict]) -> None:
@@ -309,7 +311,6 @@ def build_student(config: TrainConfig, checkpoint: Path | None, accelerator):
 
 def restore(run: Run, checkpoint: Path) -> None:
     """Optimizer, schedule, RNG, step and best of ``checkpoint`` (its weights are already loaded)."""
-
     state = load_training_state(checkpoint)
     if state.get("fsdp", False) != run.config.fsdp:
         raise DataError(f"{checkpoint} was made {'with' if state.get('fsdp') else 'without'} --fsdp; resume it "
@@ -754,11 +755,6 @@ def finish(run: Run, meter: Meter, seconds: float) -> dict:
     return summary
 
 
-# settings that change how a run is watched or stored, not what it trains
-NOT_RESULT_SETTINGS = ("resume", "output", "report_to", "tracker_project", "log_interval", "phase_times",
-                       "keep_checkpoints", "save_interval", "eval_batch_size")
-
-
 def run_settings(task_config: TaskConfig, config: TrainConfig) -> dict:
     """What defines a run's result: its task, the training settings that change it, and its data's contents."""
     return {"task": asdict(task_config), "data": data_digest(task_config),
@@ -772,8 +768,9 @@ def check_same_run(output: Path, settings: dict) -> None:
         return
     before = json.loads(path.read_text()).get("settings")
     if before is None:
-        raise DataError(f"{output} was trained by an older dsbs that did not record its settings: it cannot be "
-                        "checked against these; train into a new --output")
+        print(f"warning: {output} was trained by an older dsbs that did not record its settings; they cannot be "
+              "compared with these", file=sys.stderr)
+        return
     differing = [f"{part}.{key}: {before[part].get(key, 'not recorded')!r} in the run, {value!r} now"
                  for part in ("task", "train") for key, value in settings[part].items()
                  if before[part].get(key, "not recorded") != value]

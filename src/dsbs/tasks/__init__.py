@@ -112,6 +112,13 @@ def get_task(config: TaskConfig) -> Task:
     return custom.task(config)
 
 
+def same_source(a: str, b: str | None) -> bool:
+    """The same task: the same name, or the same file however its path is written."""
+    if b is None or a.startswith("hf:") or a in built_in_names():
+        return a == b
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def student_task_config(meta: dict, given: TaskConfig) -> TaskConfig:
     """The task a student was trained on, as its dsbs.json records it, with the settings given now on top.
 
@@ -119,7 +126,7 @@ def student_task_config(meta: dict, given: TaskConfig) -> TaskConfig:
     recorded files.
     """
     recorded = dict(meta.get("task_config") or {"task": meta["task"]})
-    if given.task and given.task != recorded.get("task"):
+    if given.task and not same_source(given.task, recorded.get("task")):
         recorded = {k: v for k, v in recorded.items() if k in FORMAT_SETTINGS}
     settings = {**recorded, **{k: v for k, v in dataclasses.asdict(given).items() if v is not None}}
     return TaskConfig(**{f.name: settings.get(f.name) for f in dataclasses.fields(TaskConfig)})

@@ -30,8 +30,9 @@ def is_teach_output(source: str) -> bool:
 def read_record(directory: Path) -> dict:
     path = directory / RECORD
     if not path.is_file():
-        raise DataError(f"{directory} was written by an older dsbs teach (no {RECORD}): run the same dsbs teach "
-                        "command again (its answers come from the cache) to write one")
+        raise DataError(f"{directory} was written by an older dsbs teach (no {RECORD}): run dsbs teach again into a "
+                        "new --output (prompts and the local backend's API changed, so the teacher may be asked "
+                        "again; --api completion keeps an old local run's requests)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -44,8 +45,7 @@ def data_paths(directory: Path, record: dict) -> list[Path]:
 
 
 def is_built_in(name: str) -> bool:
-    return "/" not in name and importlib.util.find_spec(f"dsbs.tasks.{name}") is not None and not (
-        custom.is_task_file(name))
+    return name.isidentifier() and importlib.util.find_spec(f"dsbs.tasks.{name}") is not None
 
 
 def given_settings(config) -> dict:
@@ -88,6 +88,7 @@ def task(config) -> Task:
         source_task = custom.task(source)
     # the output's own rows: the student input already built, gold and teacher labels, the rationale
     taught_config = dataclasses.replace(source, task=str(directory / record["file"]), input_template=None,
+                                        cluster_field="cluster" if source.cluster_field else None,
                                         **custom.FIELD_DEFAULTS)
     return dataclasses.replace(source_task, load=partial(load, directory, record, taught_config, source_task),
                                fields=partial(taught_fields, directory, dataclasses.asdict(source)), origin=origin)

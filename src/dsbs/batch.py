@@ -21,6 +21,7 @@ from pathlib import Path
 from dsbs.errors import DataError, MissingDependency, UserError
 from dsbs.files import write_atomic
 from dsbs.redaction import redact
+from dsbs.retries import RetryableError, TeacherStopped, call_with_retries, seconds
 
 STATE = "batches.json"
 TERMINAL = ("completed", "expired", "cancelled", "failed")
@@ -129,7 +130,6 @@ class BatchAPI:
 
     def call(self, method: str, path: str, **kwargs):
         """One call with the live path's retries (timeouts, 429 with Retry-After, 5xx)."""
-        from dsbs.teach import RetryableError, TeacherStopped, _seconds, call_with_retries
 
         def once():
             try:
@@ -140,7 +140,7 @@ class BatchAPI:
                 raise TeacherStopped(f"the server refused the batch request (HTTP {response.status_code}): check the "
                                      f"key in ${self.config.api_key_env}")
             if response.status_code == 429 or response.status_code >= 500:
-                raise RetryableError(f"HTTP {response.status_code}", _seconds(response.headers.get("retry-after")))
+                raise RetryableError(f"HTTP {response.status_code}", seconds(response.headers.get("retry-after")))
             if response.status_code >= 400:
                 raise UserError(f"{method} {path}: HTTP {response.status_code}: "
                                 f"{redact(response.text[:300], (self.key,))}")

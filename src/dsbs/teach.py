@@ -10,7 +10,6 @@ written at the end in the layout the task loaders read.
 import hashlib
 import json
 import os
-import random
 import sqlite3
 import sys
 import threading
@@ -36,45 +35,9 @@ from dsbs.prompts import (
     worked_answer,
 )
 from dsbs.redaction import redact, safe_url
+from dsbs.retries import RetryableError, TeacherStopped, call_with_retries, seconds
 from dsbs.tasks import TaskConfig, get_task
 from dsbs.tasks.common import cut_at_next_example, resolve_data_dir
-
-
-class RetryableError(Exception):
-    """A failure worth another try: a timeout, 429, 5xx or an unreadable reply."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class TeacherStopped(UserError):
-    """The run cannot go on: the teacher refuses our credentials, or answers cannot be stored."""
-
-
-def backoff_delay(attempt: int, base: float = 0.5, cap: float = 30.0) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-    return random.uniform(0, min(cap, base * 2**attempt))
-
-
-def call_with_retries(call, max_retries: int, sleep=time.sleep, max_retry_after: float = 60.0, on_capped=None):
-    """call() until it succeeds, a non-retryable error, or max_retries retries.
-
-    A server's Retry-After is honoured up to ``max_retry_after`` seconds (``on_capped`` hears of
-    each cut): a server asking for a day's pause must not stall the run for a day.
-    """
-    for attempt in range(max_retries + 1):
-        try:
-            return call()
-        except RetryableError as err:
-            if attempt == max_retries:
-                raise
-            delay = err.retry_after if err.retry_after is not None else backoff_delay(attempt)
-            if delay > max_retry_after:
-                delay = max_retry_after
-                if on_capped:
-                    on_capped(err.retry_after)
-            sleep(delay)
 
 
 def reply_limit(config: TeachConfig) -> int:
@@ -134,7 +97,7 @@ class HTTPBackend:
             raise TeacherStopped(f"the teacher at {safe_url(self.base)} refused the request (HTTP {status}): {detail}; "
                                  f"check the key in ${self.config.api_key_env} and --model")
         if status == 429 or status >= 500 or status in (408, 409):
-            raise RetryableError(f"HTTP {status}: {detail}", _seconds(retry_after))
+            raise RetryableError(f"HTTP {status}: {detail}", seconds(retry_after))
         raise RequestRefused(f"HTTP {status}: {detail}")
 
     def _parse(self, body: bytes) -> dict:
@@ -160,13 +123,6 @@ class ReplyTooLarge(Exception):
 
 class RequestRefused(Exception):
     """A 4xx other than 401/403/408/409/429: this request is wrong; other items may still work."""
-
-
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value))
-    except (TypeError, ValueError):
-        return None
 
 
 class LocalBackend:

@@ -68,6 +68,7 @@ def check_outputs(workdir: Path, answer: dict) -> None:
     assert answer["predictions"][0]["label"] in ("positive", "negative")
 
 
+@pytest.mark.slow  # seven CLI processes, 40 s: the pieces are in tests/test_own_task.py, which runs by default
 def test_the_walkthrough_runs_as_written(tmp_path, tiny_causal):
     """With a fake OpenAI-compatible teacher standing in for a real one (the README names that route)."""
     pytest.importorskip("fastapi")

@@ -64,7 +64,8 @@ def main() -> None:
         n_params = sum(p.numel() for p in counted.parameters())
     task = get_task(TaskConfig(task=args.task))
     inputs = [e.input for e in task.load("test")[: args.items]]
-    limits = {"max_input_tokens": meta["max_input_tokens"], "form": meta.get("prompt_form", "prefix")}
+    limits = {"max_input_tokens": meta["max_input_tokens"], "form": meta.get("prompt_form", "prefix"),
+              "markers": meta.get("markers", "dsbs")}
 
     def label_only(batch: int):
         if args.choices:

@@ -18,10 +18,10 @@ import sys
 import time
 from pathlib import Path
 
-from dsbs.errors import DataError, MissingDependency, UserError
+from dsbs.errors import DataError, UserError
 from dsbs.files import write_atomic
 from dsbs.redaction import redact
-from dsbs.retries import RetryableError, TeacherStopped, call_with_retries, seconds
+from dsbs.retries import RetryableError, TeacherStopped, call_with_retries, openai_server, seconds
 
 STATE = "batches.json"
 TERMINAL = ("completed", "expired", "cancelled", "failed")
@@ -116,17 +116,10 @@ class BatchAPI:
     """The Files and Batches endpoints of an OpenAI-compatible server."""
 
     def __init__(self, config):
-        try:
-            import httpx
-        except ImportError:
-            raise MissingDependency("the batch route needs httpx: pip install 'dsbs[openai]'") from None
-        import os
-
-        self.config, self.httpx = config, httpx
-        self.key = os.environ.get(config.api_key_env) or ""
-        self.base = (config.base_url or "https://api.openai.com/v1").rstrip("/")
-        self.client = httpx.Client(timeout=httpx.Timeout(config.timeout),
-                                   headers={"Authorization": f"Bearer {self.key}"} if self.key else {})
+        self.config = config
+        self.httpx, self.key, self.base = openai_server(config, "the batch route")
+        self.client = self.httpx.Client(timeout=self.httpx.Timeout(config.timeout),
+                                        headers={"Authorization": f"Bearer {self.key}"} if self.key else {})
 
     def call(self, method: str, path: str, **kwargs):
         """One call with the live path's retries (timeouts, 429 with Retry-After, 5xx)."""

@@ -3,7 +3,7 @@
 import random
 import time
 
-from dsbs.errors import UserError
+from dsbs.errors import MissingDependency, UserError
 
 
 class RetryableError(Exception):
@@ -48,3 +48,15 @@ def seconds(value: str | None) -> float | None:
         return max(0.0, float(value))
     except (TypeError, ValueError):
         return None
+
+
+def openai_server(config, what: str) -> tuple:
+    """(the httpx module, the API key or "", the base URL) of the OpenAI-compatible server ``config`` names."""
+    import os
+
+    try:
+        import httpx
+    except ImportError:
+        raise MissingDependency(f"{what} needs httpx: pip install 'dsbs[openai]'") from None
+    key = os.environ.get(config.api_key_env) or ""
+    return httpx, key, (config.base_url or "https://api.openai.com/v1").rstrip("/")

@@ -35,7 +35,7 @@ from dsbs.prompts import (
     worked_answer,
 )
 from dsbs.redaction import redact, safe_url
-from dsbs.retries import RetryableError, TeacherStopped, call_with_retries, seconds
+from dsbs.retries import RetryableError, TeacherStopped, call_with_retries, openai_server, seconds
 from dsbs.tasks import TaskConfig, get_task
 from dsbs.tasks.common import cut_at_next_example, resolve_data_dir
 
@@ -54,16 +54,11 @@ class HTTPBackend:
     """
 
     def __init__(self, config: TeachConfig):
-        try:
-            import httpx
-        except ImportError:
-            raise MissingDependency("the openai backend needs httpx: pip install 'dsbs[openai]'") from None
-        self.httpx, self.config = httpx, config
-        self.key = os.environ.get(config.api_key_env) or ""
-        self.base = (config.base_url or "https://api.openai.com/v1").rstrip("/")
+        self.config = config
+        self.httpx, self.key, self.base = openai_server(config, "the openai backend")
         self.headers = {"Authorization": f"Bearer {self.key}"} if self.key else {}
         self.max_bytes = 65536 + 8 * reply_limit(config)  # JSON around the text, escapes, usage
-        self.client = httpx.Client(timeout=httpx.Timeout(config.timeout))
+        self.client = self.httpx.Client(timeout=self.httpx.Timeout(config.timeout))
 
     def __call__(self, request: dict) -> dict:
         path = "/chat/completions" if "messages" in request else "/completions"

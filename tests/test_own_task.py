@@ -103,6 +103,24 @@ def test_the_test_file_is_read_in_the_format_of_the_file_the_teacher_read(taught
     assert (row.input, row.label) == ("Lovely.", "positive")
 
 
+def test_without_pyarrow_the_card_is_still_written_and_points_at_the_jsonl(tmp_path, monkeypatch):
+    """Before: no pyarrow, no card: the teach output lost its description (CI's oldest-releases run)."""
+    import yaml
+
+    monkeypatch.setitem(__import__("sys").modules, "pyarrow", None)  # `import pyarrow` raises ImportError
+    with FakeOpenAI(answer=sentiment_teacher) as server:
+        teach(TaskConfig(task=str(EXAMPLES / "train.csv"), **SOURCE),
+              TeachConfig(backend="openai", base_url=server.url, model="fake", exemplars=4, limit=8,
+                          output=str(tmp_path)))
+    assert not (tmp_path / "data").exists()
+    card = (tmp_path / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---")[1])
+    data_file = meta["configs"][0]["data_files"][0]["path"]
+    assert data_file == "llm/train_teacher.jsonl" and "pyarrow was not installed" in card
+    assert len((tmp_path / data_file).read_text().splitlines()) == 8
+    assert str(tmp_path / "README.md") in json.loads((tmp_path / "teach_summary.json").read_text())["files"]
+
+
 def test_teacher_writes_exemplars_for_rows_without_rationales_and_is_scored_on_the_others(taught):
     """Before: rows without rationales stopped with `pass --prompt-file`; teacher accuracy counted its exemplars."""
     prompt = json.loads((taught / "prompt.json").read_text())

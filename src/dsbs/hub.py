@@ -20,29 +20,37 @@ NEVER_PUSHED = ("checkpoints", "cache.sqlite", "cache.sqlite-wal", "cache.sqlite
                 "tensorboard", "wandb", "mlruns")
 
 
-def write_teach_dataset(output: Path, task, split: str, records: list[dict], summary: dict, spec, config) -> Path:
-    """data/{split}-00000-of-00001.parquet and README.md (the dataset card) in ``output``."""
+def write_teach_dataset(output: Path, task, split: str, records: list[dict], summary: dict, spec, config) -> list[str]:
+    """README.md (the dataset card) and, with pyarrow, data/{split}-00000-of-00001.parquet in ``output``."""
+    data = write_parquet(output / "data" / f"{split}-00000-of-00001.parquet", records)
+    if data is None:
+        print("no parquet dataset written: pip install 'dsbs[hf]' (pyarrow) for one; the card points at "
+              f"llm/{split}_teacher.jsonl", file=sys.stderr)
+    data_files = f"data/{split}-*.parquet" if data else f"llm/{split}_teacher.jsonl"
+    write_atomic(output / "README.md", dataset_card(task, split, summary, spec, config, data_files))
+    return [str(path) for path in (data, output / "README.md") if path]
+
+
+def write_parquet(path: Path, records: list[dict]) -> Path | None:
+    """The records with the card's fields as parquet; None without pyarrow."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        print("no parquet dataset written: pip install 'dsbs[hf]' (pyarrow) for one", file=sys.stderr)
-        return output
+        return None
     rows = [{"id": r["id"], "input": r["input"], "label": r["label"], "rationale": r["rationale"],
              "teacher_label": r["teacher_label"], "errors": r["errors"],
              "completion": r["completions"][r["chosen"]] if r["completions"] else None} for r in records]
-    path = output / "data" / f"{split}-00000-of-00001.parquet"
     sink = pa.BufferOutputStream()
     pq.write_table(pa.Table.from_pylist(rows), sink)
     write_atomic(path, sink.getvalue().to_pybytes())
-    write_atomic(output / "README.md", dataset_card(task, split, summary, spec, config))
     return path
 
 
-def dataset_card(task, split: str, summary: dict, spec, config) -> str:
+def dataset_card(task, split: str, summary: dict, spec, config, data_files: str) -> str:
     """README.md with YAML metadata, as the Hub reads dataset cards."""
     meta = {
-        "configs": [{"config_name": "default", "data_files": [{"split": split, "path": f"data/{split}-*.parquet"}]}],
+        "configs": [{"config_name": "default", "data_files": [{"split": split, "path": data_files}]}],
         "tags": ["distilling-step-by-step", "rationales", "dsbs"],
         "license": "other" if task.sources else "unknown",
         "dsbs": {"version": __version__, "task": task.name, "split": split,
@@ -72,7 +80,9 @@ def dataset_card(task, split: str, summary: dict, spec, config) -> str:
              "are exemplars of the prompt)",
              f"- prompt: {summary['prompt']}",
              "- fields: `input` (the student input), `label` (gold, where the row has one), `rationale` and "
-             "`teacher_label` (the teacher's; empty where its answer did not parse), `completion`, `errors`", ""]
+             "`teacher_label` (the teacher's; empty where its answer did not parse), "
+             + ("`completion`, `errors`" if data_files.endswith(".parquet") else
+                "`completions` (every sample), `errors`, token counts (no parquet: pyarrow was not installed)"), ""]
     if task.sources:
         lines += ["## Sources and licences", "", f"Derived from {task.sources}; these licences apply to the "
                   "inputs and gold labels, and the teacher's terms of use to its outputs.", ""]

@@ -534,7 +534,7 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     summary["route"] = "batch" if config.batch else "ingest" if config.ingest else "live"
     from dsbs.hub import write_teach_dataset
 
-    summary["files"].append(str(write_teach_dataset(output, task, split, records, summary, spec, config)))
+    summary["files"] += write_teach_dataset(output, task, split, records, summary, spec, config)
     write_atomic(output / "teach_summary.json", json.dumps(summary, indent=2))
     return summary
 

@@ -350,19 +350,31 @@ def zero_shot_prompt(task):
                       "Q: {input}\nA:", ("\nQ:",), ())
 
 
-def teacher_prompt(task, config: TeachConfig, rows, teacher: Teacher | None, cache) -> tuple:
-    """(prompt, how it was made): a prompt file, a benchmark's own, zero-shot, or an own task's exemplars from
-    its labelled rows (their rationales where they have them, else rationales the teacher writes for them;
-    without a ``teacher``, a dry run, those not yet in the cache are placeholders of a typical length)."""
+def prompt_origin(task, config: TeachConfig, rows) -> str:
+    """Where the prompt comes from: "file", "zero-shot", "builtin", "rows" (exemplars from labelled rows with a
+    rationale) or "teacher" (rows without rationales: the teacher writes the exemplars' rationales first)."""
     if config.prompt_file:
-        return load_prompt(config.prompt_file), f"the prompt file {config.prompt_file}"
+        return "file"
     if config.zero_shot:
-        return zero_shot_prompt(task), "zero-shot: the instruction alone, no exemplars"
+        return "zero-shot"
     if task.paper_layout:
+        return "builtin"
+    return "rows" if exemplars_from_rows(rows, own_marker(task), config.exemplars) else "teacher"
+
+
+def teacher_prompt(task, config: TeachConfig, rows, teacher: Teacher | None, cache) -> tuple:
+    """(prompt, how it was made), from the source ``prompt_origin`` names; without a ``teacher`` (a dry run),
+    exemplars the teacher would write that are not yet in the cache are placeholders of a typical length."""
+    origin = prompt_origin(task, config, rows)
+    if origin == "file":
+        return load_prompt(config.prompt_file), f"the prompt file {config.prompt_file}"
+    if origin == "zero-shot":
+        return zero_shot_prompt(task), "zero-shot: the instruction alone, no exemplars"
+    if origin == "builtin":
         return load_prompt(task.name), f"the built-in prompt of {task.name}"
     base = zero_shot_prompt(task)
-    exemplars = exemplars_from_rows(rows, own_marker(task), config.exemplars)
-    if exemplars:
+    if origin == "rows":
+        exemplars = exemplars_from_rows(rows, own_marker(task), config.exemplars)
         return replace(base, exemplars=exemplars), f"exemplars from {len(exemplars)} labelled rows with a rationale"
     exemplars = teacher_exemplars(task, config, rows, teacher, cache)
     return replace(base, exemplars=exemplars), (f"exemplars written by the teacher for {len(exemplars)} labelled "
@@ -456,8 +468,7 @@ def dry_run(task_config: TaskConfig, config: TeachConfig) -> dict:
     requests = [(i, make_request(config, spec, row.input)) for i, row in enumerate(rows)]
     answers, pending = split_cached(requests, cache, config, config.samples)
     to_write = []
-    if not config.prompt_file and not config.zero_shot and not task.paper_layout and not exemplars_from_rows(
-            rows, own_marker(task), config.exemplars):
+    if prompt_origin(task, config, rows) == "teacher":
         to_write = [r for _, _, r, _ in split_cached(exemplar_requests(task, config, rows)[1], cache, config, 1)[1]]
     count, tokenizer, exact = token_counter(config)
     result = estimate([r for _, _, r, _ in pending] + to_write, len(answers), [a for _, a in spec.exemplars],

@@ -55,7 +55,13 @@ class FakeBatches:
         batch_id = f"batch-{len(self.batches)}"
         self.batches[batch_id] = {"id": batch_id, "object": "batch", "status": "validating", "lines": lines,
                                   "reads": 0, "input_file_id": request["input_file_id"]}
+        if self.fault == "create-lost":  # made, but the reply is lost: a retry must not make a second one
+            self.fault = "ok"
+            return 502, {"error": {"message": "bad gateway"}}
         return 200, self.public(batch_id)
+
+    def listing(self) -> tuple[int, dict]:
+        return 200, {"object": "list", "data": [self.public(b) for b in reversed(list(self.batches))]}
 
     def public(self, batch_id: str) -> dict:
         batch = self.batches[batch_id]
@@ -135,8 +141,10 @@ class FakeOpenAI:
                 pass
 
             def do_GET(self):
-                parts = self.path.split("/")  # /v1/batches/ID or /v1/files/ID/content
+                parts = self.path.split("?")[0].split("/")  # /v1/batches[/ID] or /v1/files/ID/content
                 with server.lock:
+                    if parts[2:] == ["batches"]:
+                        return self.reply(*server.batch.listing())
                     if parts[2] == "batches":
                         return self.reply(*server.batch.status(parts[3]))
                     if parts[2] == "files" and parts[-1] == "content":

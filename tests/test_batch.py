@@ -74,6 +74,33 @@ def test_error_lines_are_failed_items_asked_again_by_a_rerun(tmp_path):
         assert len(server.batch.batches["batch-1"]["lines"]) == 3 and summary["failed_items"] == 0
 
 
+def test_a_batch_whose_create_reply_was_lost_is_found_not_paid_twice(tmp_path):
+    """Before: a 5xx after the provider made the batch was retried into a second, paid, batch."""
+    from dsbs.errors import UserError
+
+    with FakeOpenAI(batch_fault="create-lost") as server:
+        summary = teach(DEMO, batch_config(server, tmp_path))
+        assert len(server.batch.batches) == 1 and set(server.batch.submitted.values()) == {1}
+    assert summary["failed_items"] == 0
+    with FakeOpenAI(batch_fault="create-lost") as server:  # no retry left: the run stops as a kill would
+        with pytest.raises(UserError, match="batches.json: the same command collects it"):
+            teach(DEMO, batch_config(server, tmp_path / "again", max_retries=0))
+        state = json.loads((tmp_path / "again" / "teach" / "batches.json").read_text())
+        assert "id" not in state["batches"][0] and state["batches"][0]["input_file_id"] == "file-0"
+        summary = teach(DEMO, batch_config(server, tmp_path / "again"))
+        assert len(server.batch.batches) == 1 and set(server.batch.submitted.values()) == {1}
+    assert summary["failed_items"] == 0
+
+
+def test_a_reply_without_text_is_a_failed_item_not_a_crash_on_every_rerun(tmp_path):
+    from dsbs.batch import ingest_lines
+
+    line = {"custom_id": "k-0", "response": {"status_code": 200, "body": {
+        "choices": [{"message": {"content": None, "refusal": "no"}, "finish_reason": "content_filter"}]}}}
+    counts = ingest_lines([json.dumps(line)], {"k"}, None, 1000, "results.jsonl")
+    assert counts["errors"] == 1 and "without text" in counts["error_details"]["k-0"]
+
+
 def start_and_kill_while_polling(server, tmp_path) -> None:
     """A batch run in another process, killed once its batch is recorded and it is polling."""
     code = ("from dsbs.configs import TeachConfig; from dsbs.tasks import TaskConfig; from dsbs.teach import teach; "

@@ -75,6 +75,8 @@ def answer_of(result: dict, limit: int) -> tuple[dict | None, str | None]:
         usage = body.get("usage") or {}
     except (KeyError, IndexError, TypeError) as err:
         return None, f"unreadable batch result: {type(err).__name__}"
+    if not isinstance(text, str):  # a refusal or a content filter: the live route asks such an item again
+        return None, f"batch result without text (finish_reason {choice.get('finish_reason')!r})"
     answer = {"text": text, "prompt_tokens": usage.get("prompt_tokens"),
               "completion_tokens": usage.get("completion_tokens")}
     if len(text) > limit:
@@ -123,31 +125,51 @@ class BatchAPI:
 
     def call(self, method: str, path: str, **kwargs):
         """One call with the live path's retries (timeouts, 429 with Retry-After, 5xx)."""
+        return self.retried(lambda: self.request(method, path, **kwargs), f"{method} {path}")
+
+    def retried(self, once, what: str):
+        try:
+            return call_with_retries(once, self.config.max_retries, max_retry_after=self.config.max_retry_after)
+        except RetryableError as err:
+            raise TeacherStopped(f"{what}: {err} after {self.config.max_retries} retries; what was submitted is "
+                                 f"recorded in {STATE}: the same command collects it") from None
+
+    def request(self, method: str, path: str, **kwargs):
+        """One attempt; what may succeed when tried again raises RetryableError."""
+        try:
+            response = self.client.request(method, self.base + path, **kwargs)
+        except self.httpx.HTTPError as err:
+            raise RetryableError(redact(f"{type(err).__name__}: {err}", (self.key,))) from None
+        if response.status_code in (401, 403):
+            raise TeacherStopped(f"the server refused the batch request (HTTP {response.status_code}): check the "
+                                 f"key in ${self.config.api_key_env}")
+        if response.status_code == 429 or response.status_code >= 500:
+            raise RetryableError(f"HTTP {response.status_code}", seconds(response.headers.get("retry-after")))
+        if response.status_code >= 400:
+            raise UserError(f"{method} {path}: HTTP {response.status_code}: {redact(response.text[:300], (self.key,))}")
+        return response
+
+    def upload(self, lines: list[str]) -> str:
+        data = ("".join(line + "\n" for line in lines)).encode()
+        return self.call("POST", "/files", data={"purpose": "batch"},
+                         files={"file": ("requests.jsonl", data, "application/jsonl")}).json()["id"]
+
+    def create(self, file_id: str, endpoint: str) -> dict:
+        """The batch of an uploaded file, created once: a create whose reply was lost (a timeout, a 5xx, a kill)
+        may have made one, so each attempt first looks for a batch of that file."""
 
         def once():
-            try:
-                response = self.client.request(method, self.base + path, **kwargs)
-            except self.httpx.HTTPError as err:
-                raise RetryableError(redact(f"{type(err).__name__}: {err}", (self.key,))) from None
-            if response.status_code in (401, 403):
-                raise TeacherStopped(f"the server refused the batch request (HTTP {response.status_code}): check the "
-                                     f"key in ${self.config.api_key_env}")
-            if response.status_code == 429 or response.status_code >= 500:
-                raise RetryableError(f"HTTP {response.status_code}", seconds(response.headers.get("retry-after")))
-            if response.status_code >= 400:
-                raise UserError(f"{method} {path}: HTTP {response.status_code}: "
-                                f"{redact(response.text[:300], (self.key,))}")
-            return response
+            return self.find(file_id) or self.request("POST", "/batches", json={
+                "input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h"}).json()
 
-        return call_with_retries(once, self.config.max_retries, max_retry_after=self.config.max_retry_after)
+        return self.retried(once, "POST /batches")
 
-    def submit(self, lines: list[str], endpoint: str) -> dict:
-        data = ("".join(line + "\n" for line in lines)).encode()
-        uploaded = self.call("POST", "/files", data={"purpose": "batch"},
-                             files={"file": ("requests.jsonl", data, "application/jsonl")}).json()
-        batch = self.call("POST", "/batches", json={"input_file_id": uploaded["id"], "endpoint": endpoint,
-                                                    "completion_window": "24h"}).json()
-        return {"id": batch["id"], "input_file_id": uploaded["id"], "requests": len(lines), "status": batch["status"]}
+    def find(self, file_id: str) -> dict | None:
+        try:
+            listed = self.request("GET", "/batches", params={"limit": 100}).json().get("data") or []
+        except UserError:  # a server that cannot list batches: nothing to find
+            return None
+        return next((b for b in listed if b.get("input_file_id") == file_id), None)
 
     def status(self, batch_id: str) -> dict:
         return self.call("GET", f"/batches/{batch_id}").json()
@@ -180,6 +202,8 @@ def run_batches(pending: list, cache, config, output: Path, limit: int, sleep=ti
     api, state = BatchAPI(config), read_state(output)
     wanted = {key for _, _, _, key in pending} | {k for b in state["batches"] for k in b.get("keys", [])}
     errors: dict = {}
+    for batch in [b for b in state["batches"] if "id" not in b]:  # uploaded by a run killed before creating it
+        create(api, batch, config, output, state)
     for _ in range(ROUNDS):
         open_batches = [b for b in state["batches"] if not b.get("ingested")]
         if not open_batches:
@@ -197,14 +221,23 @@ def run_batches(pending: list, cache, config, output: Path, limit: int, sleep=ti
 
 
 def submit(api: BatchAPI, pending: list, config, output: Path, state: dict) -> None:
+    """Upload each part and record it before its batch is created, then create it: a kill at any point, run
+    again, finds the batch of a recorded file instead of paying for a second one."""
     lines = request_lines(pending, config)
-    endpoint = "/v1/chat/completions" if config.api == "chat" else "/v1/completions"
     for part in split_files(lines, config.batch_max_requests, config.batch_max_bytes):
-        batch = api.submit(part, endpoint)
-        batch["keys"] = sorted({key_of(json.loads(line)["custom_id"]) for line in part})
+        batch = {"input_file_id": api.upload(part), "requests": len(part), "status": "uploaded",
+                 "keys": sorted({key_of(json.loads(line)["custom_id"]) for line in part})}
         state["batches"].append(batch)
-        write_state(output, state)  # before anything else: a kill now must not pay for it twice
-        print(f"submitted batch {batch['id']}: {batch['requests']} requests", file=sys.stderr)
+        write_state(output, state)
+        create(api, batch, config, output, state)
+
+
+def create(api: BatchAPI, batch: dict, config, output: Path, state: dict) -> None:
+    endpoint = "/v1/chat/completions" if config.api == "chat" else "/v1/completions"
+    made = api.create(batch["input_file_id"], endpoint)
+    batch.update(id=made["id"], status=made["status"])
+    write_state(output, state)  # before anything else: a kill now must not pay for it twice
+    print(f"submitted batch {batch['id']}: {batch['requests']} requests", file=sys.stderr)
 
 
 def wait(api: BatchAPI, config, output: Path, state: dict, sleep) -> None:
@@ -216,7 +249,7 @@ def wait(api: BatchAPI, config, output: Path, state: dict, sleep) -> None:
             if not open_batches:
                 return
             for batch in open_batches:
-                reply = api.status(batch["id"])
+                reply = status(api, batch, output)
                 counts = reply.get("request_counts") or {}
                 batch.update(status=reply["status"], output_file_id=reply.get("output_file_id"),
                              error_file_id=reply.get("error_file_id"))
@@ -232,6 +265,15 @@ def wait(api: BatchAPI, config, output: Path, state: dict, sleep) -> None:
         raise
 
 
+def status(api: BatchAPI, batch: dict, output: Path) -> dict:
+    try:
+        return api.status(batch["id"])
+    except UserError as err:
+        raise UserError(f"{err}\nbatch {batch['id']} is recorded in {output / STATE}: a batch of another key or "
+                        "base URL, or one the provider no longer keeps; remove its entry from that file to ask its "
+                        "items again") from None
+
+
 def collect(api: BatchAPI, batch: dict, wanted: set[str], cache, limit: int) -> dict:
     """Store the answers of an ended batch (a failed one has none, an expired one some)."""
     if batch["status"] == "failed" and not batch.get("output_file_id"):
@@ -239,7 +281,7 @@ def collect(api: BatchAPI, batch: dict, wanted: set[str], cache, limit: int) -> 
     counts = {"stored": 0, "errors": 0, "unknown": 0, "duplicates": 0, "error_details": {}}
     for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
         if file_id:
-            got = ingest_lines(api.content(file_id).splitlines(), wanted, cache, limit, f"batch file {file_id}")
+            got = ingest_lines(api.content(file_id).split("\n"), wanted, cache, limit, f"batch file {file_id}")
             for name, value in got.items():
                 counts[name] = {**counts[name], **value} if name == "error_details" else counts[name] + value
     return counts
@@ -248,13 +290,17 @@ def collect(api: BatchAPI, batch: dict, wanted: set[str], cache, limit: int) -> 
 def cancel_batches(config, output: Path) -> dict:
     """--cancel: cancel every recorded batch that has not ended; its partial results are still collected later."""
     api, state = BatchAPI(config), read_state(output)
-    cancelled = []
+    cancelled, refused = [], {}
     for batch in state["batches"]:
-        if not batch.get("ingested") and batch["status"] not in TERMINAL:
-            batch["status"] = api.cancel(batch["id"]).get("status", "cancelling")
-            cancelled.append(batch["id"])
-    write_state(output, state)
-    return {"cancelled": cancelled}
+        if "id" in batch and not batch.get("ingested") and batch["status"] not in TERMINAL:
+            try:  # one batch that ended meanwhile (HTTP 400) must not leave the others running
+                batch["status"] = api.cancel(batch["id"]).get("status", "cancelling")
+                cancelled.append(batch["id"])
+            except UserError as err:
+                refused[batch["id"]] = str(err)
+                print(f"batch {batch['id']} not cancelled: {err}", file=sys.stderr)
+            write_state(output, state)
+    return {"cancelled": cancelled, **({"not_cancelled": refused} if refused else {})}
 
 
 def write_request_file(path: str, pending: list, config) -> dict:

@@ -6,18 +6,14 @@ from itertools import islice
 from pathlib import Path
 
 from dsbs.files import exclusive
-from dsbs.tasks.common import DataError, read_appended_jsonl
+from dsbs.tasks.common import DataError, csv_rows, read_appended_jsonl
 
 
 def _records(path: Path):
     """(line number, raw row or the error that line has) of a JSONL or CSV file, streamed."""
     if path.suffix.lower() == ".csv":
-        import csv
-
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            for row in reader:
-                yield reader.line_num, row
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            yield from csv_rows(f)
         return
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):

@@ -90,6 +90,30 @@ def test_custom_task_jsonl_and_csv(tmp_path):
         task.load("test")
 
 
+def test_a_csv_is_read_as_the_csv_module_writes_it(tmp_path):
+    """Before: rows were split at every str.splitlines break: U+2028 made two rows (the first silently
+    unlabelled), a quoted line break vanished, an Excel byte-order mark hid the header's first field."""
+    import csv
+
+    path = tmp_path / "mine.csv"
+    with open(path, "w", newline="", encoding="utf-8-sig") as f:
+        csv.writer(f).writerows([["text", "label"], ["first\u2028second", "pos"], ["multi\nline", "neg"]])
+    rows = get_task(TaskConfig(task=str(path), input_field="text")).load("train")
+    assert [(e.input, e.label) for e in rows] == [("first\u2028second", "pos"), ("multi\nline", "neg")]
+    path.write_text("text,label\nfine,pos\nno, quotes, here,neg\n")
+    with pytest.raises(DataError, match=r"mine.csv:3: 4 fields where the header has 2"):
+        get_task(TaskConfig(task=str(path), input_field="text")).load("train")
+
+
+def test_a_jsonl_the_tool_appends_to_keeps_unicode_line_separators(tmp_path):
+    from dsbs.tasks.common import read_appended_jsonl
+
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps({"a": "x\u2028y\x85z"}, ensure_ascii=False) + "\n" + '{"a": "cut')
+    assert read_appended_jsonl(path) == [{"a": "x\u2028y\x85z"}]
+    assert path.read_text() == json.dumps({"a": "x\u2028y\x85z"}, ensure_ascii=False) + "\n"
+
+
 @needs_data
 @pytest.mark.parametrize("name, split, rows, failures, accuracy", [
     ("cqa", "test", 1221, 31, 0.7723), ("cqa", "train", 9741, 318, 0.7426), ("svamp", "test", 200, 2, 0.74),

@@ -1,6 +1,7 @@
 """What every task shares: the example record, file readers with precise errors, splits."""
 
 import csv
+import io
 import json
 import os
 import random
@@ -188,7 +189,9 @@ def read_appended_jsonl(path: Path, repair: bool = True) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    records, lines = [], path.read_text(encoding="utf-8").splitlines()
+    # split at "\n" alone: str.splitlines also splits at U+2028 and U+0085, which JSON may hold unescaped
+    records, lines = [], path.read_text(encoding="utf-8").removesuffix("\n").split("\n")
+    lines = [] if lines == [""] else lines
     for number, line in enumerate(lines, start=1):
         try:
             records.append(json.loads(line))
@@ -208,15 +211,29 @@ def read_csv(path: Path) -> Iterator[tuple[int, dict]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not in the header
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from None
     if not text.strip():
         raise DataError(f"{path}: file is empty")
-    reader = csv.DictReader(text.splitlines())
+    for number, row in csv_rows(io.StringIO(text, newline="")):
+        if isinstance(row, ValueError):
+            raise DataError(f"{path}:{number}: {row}")
+        yield number, row
+
+
+def csv_rows(stream) -> Iterator[tuple[int, dict | ValueError]]:
+    """(line number, row, or the error of a row whose field count is not the header's) of a CSV stream opened
+    with newline="": the csv module then reads quoted line breaks itself, and U+2028 stays inside its field."""
+    reader = csv.DictReader(stream)
     for row in reader:
-        yield reader.line_num, row
+        if None in row or None in row.values():
+            fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
+            yield reader.line_num, ValueError(f"{fields} fields where the header has {len(reader.fieldnames)} "
+                                              "(an unquoted comma or quote?)")
+        else:
+            yield reader.line_num, row
 
 
 def read_records(path: Path) -> Iterator[tuple[int, dict]]:

@@ -127,6 +127,23 @@ def test_report_keeps_runs_of_different_settings_apart_and_marks_few_seeds(tmp_p
     assert "†" in text and "not a method comparison" in text
 
 
+def test_runs_on_other_data_are_another_row_not_another_seed(tmp_path):
+    """Before: a regenerated teach output, run again, gave each cell two seed-0 lines counted as 2 seeds."""
+    from dsbs.report import group_results
+
+    def line(digest: str) -> dict:
+        return {"run": f"dsbs-{digest}", "task": "reviews", "method": "dsbs", "fraction": 1.0, "student": "s",
+                "seed": 0, "test_accuracy": 0.5, "test_n": 2, "train_settings": {"lr": 1e-4},
+                "task_settings": {}, "data_digest": digest, "test_correct": "10"}
+
+    groups = group_results([line("aaaa"), line("bbbb")])
+    rows = groups[("reviews", "s")]
+    assert len(rows) == 2 and all(len(cells[1.0]) == 1 for cells in rows.values())
+    assert any("data=aaaa" in name for name in rows) and any("data=bbbb" in name for name in rows)
+    older = {k: v for k, v in line("aaaa").items() if k not in ("data_digest", "task_settings")} | {"seed": 1}
+    assert list(group_results([line("aaaa"), older])[("reviews", "s")]) == ["dsbs"]  # unrecorded is no difference
+
+
 def test_bert_style_targets_are_the_text_and_eos_only():
     """Before: a BERT tokenizer's targets were [CLS] label [SEP], so every label began with [CLS]."""
     from dsbs.batching import target_ids

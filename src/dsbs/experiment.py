@@ -29,7 +29,7 @@ from dsbs.errors import ConfigError, DataError
 from dsbs.files import append_line, exclusive, write_atomic
 from dsbs.methods import METHOD_NAMES
 from dsbs.names import DEFAULT_STUDENT
-from dsbs.tasks import TaskConfig
+from dsbs.tasks import TaskConfig, data_digest
 from dsbs.tasks.common import read_appended_jsonl
 
 AXES = ("task", "method", "fraction", "student", "seed", "variant")
@@ -177,7 +177,8 @@ def run_cell(recipe: Recipe, run: dict) -> dict:
               "train_seconds": summary.get("train_seconds_this_session"), "tokens": summary.get("tokens_this_session"),
               "target_tokens": summary.get("target_tokens_this_session"), "parameters": summary.get("parameters"),
               "embedding_parameters": summary.get("embedding_parameters"),
-              "train_settings": recipe.settings(run),
+              "train_settings": recipe.settings(run), "task_settings": recipe.task_settings,
+              "data_digest": data_digest(task_config)[:12],
               "test_limit": recipe.test_limit,
               "test_correct": metrics["correct_vector"], "teacher_test_correct": metrics["teacher_correct_vector"],
               "test_clusters": metrics["clusters"]}
@@ -298,12 +299,12 @@ def sweep(recipe: Recipe, jobs: int, deadline: float | None, on_result) -> list[
         if on_result:
             on_result(result)
 
-    keys = {run_name(run): Path(recipe.configs(run)[1].output).name for run in runs}  # name -> name with digest
-    mine = set(keys.values())  # other recipes may append to the same results file
+    keys = [Path(recipe.configs(run)[1].output).name for run in runs]  # name with digest, run by run
+    mine = set(keys)  # other recipes may append to the same results file
     already, todo = len(done & mine), []
-    for run in runs:
+    for run, key in zip(runs, keys, strict=True):
         finished = Path(recipe.configs(run)[1].output) / RESULT_FILE  # evaluated, but the sweep died before appending
-        if keys[run_name(run)] in done:
+        if key in done:
             continue
         if finished.is_file():
             record(json.loads(finished.read_text()))
@@ -314,7 +315,7 @@ def sweep(recipe: Recipe, jobs: int, deadline: float | None, on_result) -> list[
         errors = run_parallel(recipe, todo, jobs, deadline, record)
     else:
         for run in todo:
-            print(f"[{len(done & mine) + 1}/{len(runs)}] {keys[run_name(run)]}", flush=True)
+            print(f"[{len(done & mine) + 1}/{len(runs)}] {Path(recipe.configs(run)[1].output).name}", flush=True)
             record(run_cell(recipe, run))
     print(f"{len(new)} run(s) done now, {already} were already done, {len(runs) - len(done & mine)} left; "
           f"results in {results_path}")

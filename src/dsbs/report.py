@@ -55,10 +55,13 @@ def label(result: dict) -> str:
 
 
 def settings_of(result: dict) -> dict:
-    """What a result line was trained with beyond its cell: the recipe's settings and the split order."""
+    """What a result line was trained with beyond its cell: the recipe's settings, the split order, the task's
+    settings and its data (a regenerated teach output is other data: its runs are not more seeds)."""
     order = (result.get("protocol") or {}).get("split_order") or "pool (old)"
     settings = {k: v for k, v in (result.get("train_settings") or {}).items() if k not in NOT_RESULT_SETTINGS}
-    return {**settings, "split": order, "test_limit": result.get("test_limit")}
+    task = {f"task.{k}": v for k, v in (result.get("task_settings") or {}).items()}
+    data = {"data": result["data_digest"]} if result.get("data_digest") else {}  # lines before 2026-12-07 lack it
+    return {**settings, **task, "split": order, "test_limit": result.get("test_limit"), **data}
 
 
 def settings_labels(results: list[dict]) -> dict[int, str]:
@@ -70,11 +73,19 @@ def settings_labels(results: list[dict]) -> dict[int, str]:
     names = {}
     for lines in by_row.values():
         kinds = [settings_of(r) for r in lines]
-        keys = sorted({k for kind in kinds for k in kind if any(kind.get(k) != other.get(k) for other in kinds)})
+        keys = sorted({k for kind in kinds for k in kind if any(differ(kind, other, k) for other in kinds)})
         for r, kind in zip(lines, kinds, strict=True):
             if keys:
                 names[id(r)] = ", ".join(f"{k}={kind.get(k)}" for k in keys)
     return names
+
+
+def differ(one: dict, other: dict, key: str) -> bool:
+    """Whether two lines' settings differ in ``key``; the task's settings and data, which lines before
+    2026-12-07 do not record, differ only where both lines record them."""
+    if key == "data" or key.startswith("task."):
+        return key in one and key in other and one[key] != other[key]
+    return one.get(key) != other.get(key)
 
 
 def group_results(results: list[dict]) -> dict:

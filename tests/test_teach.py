@@ -88,6 +88,22 @@ def test_samples_vote_and_keep_agreeing_rationales(tmp_path):
     assert details[0]["teacher_label"] == "42" and details[0]["agreeing_rationales"] == ["Add them.", "Count."]
 
 
+def test_samples_at_temperature_zero_are_refused_and_duplicated_rows_are_asked_once(tmp_path):
+    """Before: --samples 3 at temperature 0 paid three times for one answer; two equal rows paid twice."""
+    from dsbs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--samples 3 at --temperature 0"):
+        TeachConfig(samples=3)
+    path = tmp_path / "rows.csv"
+    path.write_text("text,sentiment\nGreat fit,positive\nGreat fit,positive\nBroke at once,negative\n")
+    with FakeOpenAI(answer=lambda item, attempt: "It says so. So the answer is positive.") as server:
+        summary = teach(TaskConfig(task=str(path), input_field="text", label_field="sentiment"),
+                        config(server, tmp_path, zero_shot=True))
+        assert sum(server.requests.values()) == 2 and summary["failed_items"] == 0
+    rows = read_jsonl(tmp_path / "teach" / "train.jsonl")
+    assert [r["rationale"] for r in rows] == ["It says so."] * 3
+
+
 @needs_data
 def test_samples_write_a_completion_whose_parsed_label_won(tmp_path):
     # labels are compacted (84/2) and completions are not ((84 / 2)): the choice is by parsed label

@@ -211,6 +211,10 @@ class TeachConfig:
         check_choices(self)
         check_at_least(self, 1, "samples", "concurrency", "exemplars")
         check_at_least(self, 0, "max_retries")
+        if self.samples > 1 and self.temperature == 0:
+            raise ConfigError(f"--samples {self.samples} at --temperature 0 asks for the same answer {self.samples} "
+                              "times (paid each time, one answer kept): sample with --temperature > 0 (0.7 is "
+                              "usual for self-consistency)")
         if sum(map(bool, (self.batch, self.batch_file, self.ingest, self.cancel, self.dry_run))) > 1:
             raise ConfigError("--batch, --batch-file, --ingest, --cancel and --dry-run are different routes: choose "
                               "one")

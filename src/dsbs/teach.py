@@ -262,19 +262,24 @@ def ask_all(backend, pending: list, cache: "AnswerCache", config: TeachConfig, a
     stored, then the stop propagates.
     """
     secrets = (os.environ.get(config.api_key_env) or "",)
+    asked_by = {}  # a key once, for every (row, sample) that needs it: duplicated rows are asked (and paid) once
+    for i, s, request, key in pending:
+        asked_by.setdefault(key, (request, []))[1].append((i, s))
     pool = ThreadPoolExecutor(max_workers=config.concurrency)
-    futures = {pool.submit(ask, backend, request, key, cache, config, stats): (i, s) for i, s, request, key in pending}
+    futures = {pool.submit(ask, backend, request, key, cache, config, stats): items
+               for key, (request, items) in asked_by.items()}
     try:
         for future in as_completed(futures):
-            i, s = futures[future]
             try:
-                answers[(i, s)] = future.result()
+                answer = future.result()
             except TeacherStopped:
                 raise
             except Exception as err:  # recorded per item; the run goes on
-                answers[(i, s)] = {"error": redact(f"{type(err).__name__}: {err}", secrets),
-                                   "cut": isinstance(err, ReplyTooLarge)}
-            on_answer(i, answers[(i, s)])
+                answer = {"error": redact(f"{type(err).__name__}: {err}", secrets),
+                          "cut": isinstance(err, ReplyTooLarge)}
+            for i, s in futures[future]:
+                answers[(i, s)] = answer
+                on_answer(i, answer)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 

@@ -72,3 +72,22 @@ def test_a_cqa_input_lists_its_own_choices_and_nli_has_three():
         cqa.choices_in_input("Where do you keep milk?")
     assert esnli.task().label_choices("Premise: a\nHypothesis: b") == ("entailment", "neutral", "contradiction")
     assert anli1.task().label_choices("x") == esnli.NLI_LABELS and svamp.task().label_choices is None
+
+
+def test_own_labels_that_end_in_a_period_or_hold_a_comma_parse():
+    """Before: "U.S." was cut to "U.S" and never matched its label set; a label with a comma could not be named."""
+    import pytest
+
+    from dsbs.errors import ConfigError
+    from dsbs.tasks import TaskConfig
+    from dsbs.tasks.custom import parse_completion
+
+    countries = TaskConfig(task="x.csv", label_set="U.S., U.K.")
+    assert parse_completion(countries, "Made in Ohio. So the answer is U.S.") == ("Made in Ohio.", "U.S.")
+    assert parse_completion(countries, "Made in Ohio. So the answer is u.s..") == ("Made in Ohio.", "U.S.")
+    plain = TaskConfig(task="x.csv", label_set="positive,negative")
+    assert parse_completion(plain, "Loved it. So the answer is positive.") == ("Loved it.", "positive")
+    hedged = TaskConfig(task="x.csv", label_set='["yes, definitely", "no"]')
+    assert parse_completion(hedged, "Sure. So the answer is yes, definitely.") == ("Sure.", "yes, definitely")
+    with pytest.raises(ConfigError, match="not a JSON list"):
+        parse_completion(TaskConfig(task="x.csv", label_set='["yes",'), "A. So the answer is yes.")

@@ -70,7 +70,8 @@ class TaskConfig:
                                                          "compared by value)")
     answer_marker: str | None = option(None, "own task: the phrase before the label in a teacher's answer "
                                        "(default: So the answer is)")
-    label_set: str | None = option(None, "own task: comma-separated allowed labels; a teacher answer outside them "
+    label_set: str | None = option(None, "own task: comma-separated allowed labels (a JSON list where a label holds a "
+                                   "comma); a teacher answer outside them "
                                    "counts as unparsable, and students can --choices among them")
     cluster_field: str | None = option(None, "own task: a field whose equal values mark rows that are not "
                                        "independent (several questions on one passage): reports' intervals count "

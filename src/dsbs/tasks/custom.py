@@ -6,11 +6,12 @@ default field that is absent means the rows lack it (unlabeled rows, rows withou
 """
 
 import dataclasses
+import json
 from functools import partial
 from pathlib import Path
 
 from dsbs.equation import equations_equal, is_equation
-from dsbs.errors import MissingDependency
+from dsbs.errors import ConfigError, MissingDependency
 from dsbs.tasks.common import (
     DataError,
     Example,
@@ -44,8 +45,19 @@ def answer_marker(config) -> str:
 
 
 def label_set(text: str | None) -> tuple[str, ...] | None:
-    """--label-set's labels, or None where answers are open."""
-    return tuple(label.strip() for label in text.split(",") if label.strip()) if text else None
+    """--label-set's labels (comma-separated, or a JSON list for labels that hold a comma), or None where
+    answers are open."""
+    if not text:
+        return None
+    if text.lstrip().startswith("["):
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--label-set {text!r}: not a JSON list ({err.msg})") from None
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise ConfigError(f"--label-set {text!r}: a JSON list of strings is needed")
+        return tuple(label.strip() for label in labels if label.strip())
+    return tuple(label.strip() for label in text.split(",") if label.strip())
 
 
 def task_name(config) -> str:
@@ -95,12 +107,14 @@ def parse_completion(config, completion: str) -> tuple[str | None, str | None]:
     rationale, answer = split_on_marker(cut_at_next_example(completion, ("\nQ:",)), answer_marker(config))
     if rationale is None or not answer:
         return None, None
-    answer = answer.splitlines()[0].strip().rstrip(".").strip()
+    answer = answer.splitlines()[0].strip()
     labels = label_set(config.label_set)
-    if labels:
+    if labels:  # "U.S." is a label; "positive." is the label "positive" ending a sentence
         allowed = {label.lower(): label for label in labels}
-        label = allowed.get(answer.lower())
+        candidates = (answer, answer.removesuffix(".").strip(), answer.rstrip(".").strip())
+        label = next((allowed[c.lower()] for c in candidates if c.lower() in allowed), None)
         return (rationale, label) if label else (None, None)
+    answer = answer.rstrip(".").strip()
     if config.metric == "equation" and not is_equation(answer):
         return None, None
     return rationale, answer

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,6 +103,28 @@ def test_samples_at_temperature_zero_are_refused_and_duplicated_rows_are_asked_o
         assert sum(server.requests.values()) == 2 and summary["failed_items"] == 0
     rows = read_jsonl(tmp_path / "teach" / "train.jsonl")
     assert [r["rationale"] for r in rows] == ["It says so."] * 3
+
+
+def test_a_limit_pilot_sends_the_prompt_of_the_full_run(tmp_path):
+    """Before: exemplars came from the first --limit rows, so a pilot on a file sorted by label had one-label
+    exemplars, and the full run, with another prompt, paid again for every row the pilot had answered."""
+    path = tmp_path / "sorted.csv"
+    path.write_text("text,sentiment\n" + "".join(f"good {n},positive\n" for n in range(6))
+                    + "".join(f"bad {n},negative\n" for n in range(6)))
+    task = TaskConfig(task=str(path), input_field="text", label_field="sentiment", label_set="positive,negative")
+
+    def answer(item: str, attempt: int) -> str:  # explains the label it is given, else says positive
+        given = re.search(r"\(The correct answer: (\w+)\.\)", item)
+        return f"It says so. So the answer is {given.group(1) if given else 'positive'}."
+
+    with FakeOpenAI(answer=answer) as server:
+        teach(task, config(server, tmp_path, limit=6, exemplars=2))
+        pilot = sum(server.requests.values())
+        teach(task, config(server, tmp_path, limit=None, exemplars=2))
+        assert sum(server.requests.values()) - pilot == 6  # only the rows the pilot left, under the same prompt
+    labels = [e["answer"].rsplit(" ", 1)[1] for e in json.loads((tmp_path / "teach" / "prompt.json").read_text())
+              ["exemplars"]]
+    assert sorted(labels) == ["negative.", "positive."]
 
 
 @needs_data

@@ -465,16 +465,17 @@ def teach(task_config: TaskConfig, config: TeachConfig) -> dict:
 def dry_run(task_config: TaskConfig, config: TeachConfig) -> dict:
     """The requests a run would send, their tokens and cost, from the cache and the prompts alone."""
     task = get_task(task_config)
-    rows = task.load(config.split or task.train_split)
-    rows = rows[: config.limit] if config.limit else rows
+    split_rows = task.load(config.split or task.train_split)
+    rows = split_rows[: config.limit] if config.limit else split_rows
     path = Path(config.output) / "cache.sqlite"
     cache = AnswerCache(path) if path.is_file() else NoCache()
-    spec, prompt_source = teacher_prompt(task, config, rows, None, cache)
+    spec, prompt_source = teacher_prompt(task, config, split_rows, None, cache)
     requests = [(i, make_request(config, spec, row.input)) for i, row in enumerate(rows)]
     answers, pending = split_cached(requests, cache, config, config.samples)
     to_write = []
-    if prompt_origin(task, config, rows) == "teacher":
-        to_write = [r for _, _, r, _ in split_cached(exemplar_requests(task, config, rows)[1], cache, config, 1)[1]]
+    if prompt_origin(task, config, split_rows) == "teacher":
+        to_write = [r for _, _, r, _ in split_cached(exemplar_requests(task, config, split_rows)[1], cache, config,
+                                                     1)[1]]
     count, tokenizer, exact = token_counter(config)
     result = estimate([r for _, _, r, _ in pending] + to_write, len(answers), [a for _, a in spec.exemplars],
                       config, count, tokenizer, exact and not to_write)
@@ -509,12 +510,13 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     config = resolve_api(config)
     task = get_task(task_config)
     split = config.split or task.train_split
-    rows = task.load(split)
-    rows = rows[: config.limit] if config.limit else rows
+    split_rows = task.load(split)
+    rows = split_rows[: config.limit] if config.limit else split_rows
     output = Path(config.output)
     offline = config.batch_file or config.ingest
     cache, teacher = AnswerCache(output / "cache.sqlite"), (NoTeacher if offline else Teacher)(config)
-    spec, prompt_source = teacher_prompt(task, config, rows, teacher, cache)
+    # exemplars from the whole split: a --limit pilot sends the prompt the full run sends (its answers are reused)
+    spec, prompt_source = teacher_prompt(task, config, split_rows, teacher, cache)
     write_atomic(output / "prompt.json", prompt_json(spec))
     started = time.perf_counter()
     bar = tqdm(total=len(rows) * config.samples, desc=f"teach {task.name}/{split}", unit="answer")

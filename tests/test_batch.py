@@ -155,6 +155,10 @@ def test_an_offline_request_file_runs_through_ingest(tmp_path):
             f.write(json.dumps({"id": f"vllm-{n}", "custom_id": line["custom_id"],
                                 "response": {"status_code": 200, "request_id": f"r{n}", "body": body},
                                 "error": None}) + "\n")
+    from dsbs.errors import DataError
+
+    with pytest.raises(DataError, match="none of its 8 answers is for a request of this run"):
+        teach(DEMO, dataclasses.replace(config, ingest=str(results), model="another-model"))
     summary = teach(DEMO, dataclasses.replace(config, ingest=str(results)))
     rows = read_jsonl(tmp_path / "teach" / "train.jsonl")
     assert summary["route"] == "ingest" and summary["failed_items"] == 0 and summary["completion_tokens"] == 8 * LIMIT

@@ -564,7 +564,14 @@ def batch_answers(requests: list[tuple[int, dict]], cache, config: TeachConfig, 
     answers, pending = split_cached(requests, cache, config, config.samples)
     stats = Counter(cached=len(answers))
     if config.ingest:
-        errors = ingest_file(config.ingest, pending, cache, reply_limit(config))["error_details"]
+        counts = ingest_file(config.ingest, pending, cache, reply_limit(config))
+        print(f"{config.ingest}: {counts['stored']} answers stored, {counts['errors']} errors, {counts['unknown']} "
+              f"lines for requests this run does not make, {counts['duplicates']} duplicates", file=sys.stderr)
+        if pending and counts["stored"] == counts["errors"] == 0 and counts["unknown"]:
+            raise DataError(f"{config.ingest}: none of its {counts['unknown']} answers is for a request of this run: "
+                            "the results answer requests made with other settings (ingest with the --model, "
+                            "--base-url, --max-tokens, --temperature, prompt and --limit of the --batch-file run)")
+        errors = counts["error_details"]
     else:
         errors = run_batches(pending, cache, config, output, reply_limit(config))
     missing = "no answer in the results file" if config.ingest else "no answer from the batch route"

@@ -125,3 +125,12 @@ def test_t_quantiles_and_the_mean_interval():
     mean, low, high = mean_interval(np.array([correctness("1" * 70 + "0" * 30)]))
     # one seed, 100 items: the binomial standard error of 70% is 4.6 points
     assert mean == 70 and high - mean == pytest.approx(t_quantile(0.95, 99) * math.sqrt(0.7 * 0.3 / 99) * 100)
+
+
+def test_one_cluster_for_every_item_warns_and_keeps_an_interval():
+    """Before: a constant cluster field left no item term: [+3.0, +3.0] with p = 0 from one seed."""
+    rng = np.random.default_rng(3)
+    a, b = rng.random((1, 200)) < 0.6, rng.random((1, 200)) < 0.55
+    with pytest.warns(UserWarning, match="all 200 items are in one cluster"):
+        one = compare(a, b, clusters=["same"] * 200)
+    assert one == compare(a, b) and one.low < one.diff < one.high and one.p_value > 0

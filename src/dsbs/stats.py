@@ -113,7 +113,14 @@ def cluster_ids(clusters, items: int) -> np.ndarray:
     labels = np.asarray(clusters)
     if labels.shape != (items,):
         raise ValueError(f"clusters needs one entry per item: {labels.shape[0]} for {items} items")
-    return np.unique(labels, return_inverse=True)[1]
+    ids = np.unique(labels, return_inverse=True)[1]
+    if items > 1 and ids.max() == 0:  # one cluster: its spread over items cannot be estimated at all
+        import warnings
+
+        warnings.warn(f"all {items} items are in one cluster ({labels[0]!r}): the interval treats them as "
+                      "independent; is the cluster field the right one?", stacklevel=3)
+        return np.arange(items)
+    return ids
 
 
 def variance_terms(d: np.ndarray, clusters=None) -> tuple[float, int, float, int]:

@@ -244,6 +244,8 @@ def test_evaluate_keeps_the_recorded_test_file_for_the_same_file_written_another
     assert config.test_file == "/x/test.jsonl" and config.label_set == "b,c"
     other = student_task_config(meta, TaskConfig(task="other.jsonl"))
     assert other.test_file is None and other.label_set == "b,c"
+    benchmark = student_task_config(meta, TaskConfig(task="esnli"))  # before: kept label_set b,c, then refused
+    assert benchmark.label_set is None and benchmark.task == "esnli"
 
 
 def test_a_teach_output_with_clusters_trains(tmp_path, tiny_causal):

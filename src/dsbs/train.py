@@ -749,9 +749,9 @@ def finish(run: Run, meter: Meter, seconds: float) -> dict:
     if run.best["accuracy"] is None:  # no validation rows: the last weights are the model
         save_model(run.model, run.tokenizer, {**run.meta, "step": run.step}, run.output / "model", lora=run.lora,
                    weights=last_weights)
+    write_atomic(run.output / "summary.json", json.dumps(summary, indent=2))  # first: the run is finished now
     if not run.config.keep_checkpoints:
         shutil.rmtree(run.output / "checkpoints", ignore_errors=True)
-    write_atomic(run.output / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 

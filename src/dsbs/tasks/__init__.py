@@ -124,11 +124,12 @@ def student_task_config(meta: dict, given: TaskConfig) -> TaskConfig:
     """The task a student was trained on, as its dsbs.json records it, with the settings given now on top.
 
     Another task file given now keeps the recorded format (fields, label set, metric) but not the
-    recorded files.
+    recorded files; a built-in task given now keeps nothing of an own task's format (it has its own).
     """
     recorded = dict(meta.get("task_config") or {"task": meta["task"]})
     if given.task and not same_source(given.task, recorded.get("task")):
-        recorded = {k: v for k, v in recorded.items() if k in FORMAT_SETTINGS}
+        keep = () if given.task in built_in_names() else FORMAT_SETTINGS
+        recorded = {k: v for k, v in recorded.items() if k in keep}
     settings = {**recorded, **{k: v for k, v in dataclasses.asdict(given).items() if v is not None}}
     return TaskConfig(**{f.name: settings.get(f.name) for f in dataclasses.fields(TaskConfig)})
 

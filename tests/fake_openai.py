@@ -108,6 +108,9 @@ class FakeBatches:
             self.fault = "ok"
 
     def cancel(self, batch_id: str) -> tuple[int, dict]:
+        status = self.batches[batch_id]["status"]
+        if status in ("completed", "expired", "cancelled", "failed"):  # as OpenAI answers
+            return 400, {"error": {"message": f"Cannot cancel a batch with status {status}."}}
         self.batches[batch_id]["status"] = "cancelling"
         return 200, self.public(batch_id)
 

@@ -136,6 +136,26 @@ def test_cancel_stops_the_recorded_batches_and_a_rerun_keeps_their_partial_resul
     assert summary["failed_items"] == 0
 
 
+def test_cancel_goes_on_past_a_batch_that_ended_meanwhile(tmp_path):
+    """Before: the provider's 400 for a batch that had just completed stopped --cancel, the next batch ran on."""
+    from dsbs.batch import BatchAPI, write_state
+
+    with FakeOpenAI(batch_polls=10**6) as server:
+        config = batch_config(server, tmp_path, batch=False, cancel=True)
+        api, batches = BatchAPI(config), []
+        for n in range(2):
+            line = {"custom_id": f"k{n}-0", "method": "POST", "url": "/v1/completions", "body": {"prompt": "Q: x\nA:"}}
+            file_id = api.upload([json.dumps(line)])
+            made = api.create(file_id, "/v1/completions")
+            batches.append({"id": made["id"], "input_file_id": file_id, "requests": 1, "status": made["status"],
+                            "keys": [f"k{n}"]})
+        write_state(tmp_path / "teach", {"batches": batches})
+        server.batch.batches["batch-0"]["status"] = "completed"
+        result = teach(DEMO, config)
+        assert result["cancelled"] == ["batch-1"] and "Cannot cancel" in result["not_cancelled"]["batch-0"]
+        assert server.batch.batches["batch-1"]["status"] == "cancelling"
+
+
 def test_an_offline_request_file_runs_through_ingest(tmp_path):
     """--batch-file writes what vllm run-batch reads; --ingest reads back what it writes."""
     requests = tmp_path / "requests.jsonl"

@@ -17,6 +17,7 @@ from dsbs.errors import ConfigError, DataError
 from dsbs.tasks import TaskConfig, get_task
 from dsbs.teach import teach
 from dsbs.train import train
+from tests.conftest import DATA_DIR
 from tests.fake_openai import FakeOpenAI
 
 EXAMPLES = Path(__file__).parent.parent / "examples" / "reviews"
@@ -119,6 +120,14 @@ def test_without_pyarrow_the_card_is_still_written_and_points_at_the_jsonl(tmp_p
     assert data_file == "llm/train_teacher.jsonl" and "pyarrow was not installed" in card
     assert len((tmp_path / data_file).read_text().splitlines()) == 8
     assert str(tmp_path / "README.md") in json.loads((tmp_path / "teach_summary.json").read_text())["files"]
+    if DATA_DIR is None:
+        return
+    with FakeOpenAI(answer=lambda item, attempt: "Half of 84 is 42. The answer is (84 / 2).") as server:
+        teach(TaskConfig(task="svamp", data_dir=DATA_DIR), TeachConfig(
+            backend="openai", base_url=server.url, model="fake", limit=2, output=str(tmp_path / "svamp")))
+    card = (tmp_path / "svamp" / "README.md").read_text()
+    data_file = yaml.safe_load(card.split("---")[1])["configs"][0]["data_files"][0]["path"]
+    assert data_file == "svamp/llm/train_teacher.jsonl" and (tmp_path / "svamp" / data_file).is_file()
 
 
 def test_teacher_writes_exemplars_for_rows_without_rationales_and_is_scored_on_the_others(taught):

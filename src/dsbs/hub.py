@@ -20,13 +20,15 @@ NEVER_PUSHED = ("checkpoints", "cache.sqlite", "cache.sqlite-wal", "cache.sqlite
                 "tensorboard", "wandb", "mlruns")
 
 
-def write_teach_dataset(output: Path, task, split: str, records: list[dict], summary: dict, spec, config) -> list[str]:
-    """README.md (the dataset card) and, with pyarrow, data/{split}-00000-of-00001.parquet in ``output``."""
+def write_teach_dataset(output: Path, task, split: str, records: list[dict], summary: dict, spec, config,
+                        details: Path) -> list[str]:
+    """README.md (the dataset card) and, with pyarrow, data/{split}-00000-of-00001.parquet in ``output``; without
+    pyarrow the card points at ``details``, the teacher's JSONL."""
     data = write_parquet(output / "data" / f"{split}-00000-of-00001.parquet", records)
+    data_files = f"data/{split}-*.parquet" if data else details.relative_to(output).as_posix()
     if data is None:
-        print("no parquet dataset written: pip install 'dsbs[hf]' (pyarrow) for one; the card points at "
-              f"llm/{split}_teacher.jsonl", file=sys.stderr)
-    data_files = f"data/{split}-*.parquet" if data else f"llm/{split}_teacher.jsonl"
+        print(f"no parquet dataset written: pip install 'dsbs[hf]' (pyarrow) for one; the card points at {data_files}",
+              file=sys.stderr)
     write_atomic(output / "README.md", dataset_card(task, split, summary, spec, config, data_files))
     return [str(path) for path in (data, output / "README.md") if path]
 

@@ -545,14 +545,14 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     stats.update(parsed)
     records = [record_for(task, config, i, row, [answers[(i, s)] for s in range(config.samples)])
                for i, row in enumerate(rows)]
-    files = write_outputs(task_config, task, split, records, output)
+    files, details = write_outputs(task_config, task, split, records, output)
     exemplar_inputs = {x for x, _ in spec.exemplars}
     summary = summarize(task, split, records, stats, config, files, time.perf_counter() - started, exemplar_inputs)
     summary["prompt"], summary["estimate"] = prompt_source, expected
     summary["route"] = "batch" if config.batch else "ingest" if config.ingest else "live"
     from dsbs.hub import write_teach_dataset
 
-    summary["files"] += write_teach_dataset(output, task, split, records, summary, spec, config)
+    summary["files"] += write_teach_dataset(output, task, split, records, summary, spec, config, details)
     write_atomic(output / "teach_summary.json", json.dumps(summary, indent=2))
     return summary
 
@@ -635,8 +635,9 @@ def summarize(task, split: str, records: list[dict], stats: Counter, config: Tea
     }
 
 
-def write_outputs(task_config: TaskConfig, task, split: str, records: list[dict], output: Path) -> list[str]:
-    """The output as a task (``task.json``: `dsbs train --task OUTPUT` reads it), plus every raw completion.
+def write_outputs(task_config: TaskConfig, task, split: str, records: list[dict], output: Path) -> tuple:
+    """(files written, the details file): the output as a task (``task.json``: `dsbs train --task OUTPUT` reads
+    it), plus every raw completion in the details file.
 
     A benchmark gets the paper's layout (its gold rows, the other splits' gold files, and
     llm/{split}_CoT_0.json aligned by position); an own task gets ``{split}.jsonl`` with the fields
@@ -657,7 +658,7 @@ def write_outputs(task_config: TaskConfig, task, split: str, records: list[dict]
         record = {"name": task.name, "split": split, "file": path.name, "source": task.config}
     write_atomic(details, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     write_atomic(output / RECORD, json.dumps(record, indent=2))
-    return written + [str(details), str(output / RECORD)]
+    return written + [str(details), str(output / RECORD)], details
 
 
 def write_paper_layout(task_config: TaskConfig, name: str, split: str, records: list[dict],

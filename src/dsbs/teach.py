@@ -570,7 +570,7 @@ def batch_answers(requests: list[tuple[int, dict]], cache, config: TeachConfig, 
         if pending and counts["stored"] == counts["errors"] == 0 and counts["unknown"]:
             raise DataError(f"{config.ingest}: none of its {counts['unknown']} answers is for a request of this run: "
                             "the results answer requests made with other settings (ingest with the --model, "
-                            "--base-url, --max-tokens, --temperature, prompt and --limit of the --batch-file run)")
+                            "--base-url, --max-tokens, --temperature and prompt of the --batch-file run)")
         errors = counts["error_details"]
     else:
         errors = run_batches(pending, cache, config, output, reply_limit(config))

@@ -3,6 +3,7 @@
 import json
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -50,18 +51,25 @@ class FakeBatches:
         return 200, {"id": file_id, "object": "file", "purpose": "batch"}
 
     def create(self, request: dict) -> tuple[int, dict]:
+        if self.fault == "create-400":  # e.g. a file over the provider's limits: never made
+            return 400, {"error": {"message": "file exceeds the maximum size"}}
         lines = [json.loads(line) for line in self.files[request["input_file_id"]].splitlines() if line.strip()]
         self.submitted.update(line["custom_id"] for line in lines)
         batch_id = f"batch-{len(self.batches)}"
         self.batches[batch_id] = {"id": batch_id, "object": "batch", "status": "validating", "lines": lines,
-                                  "reads": 0, "input_file_id": request["input_file_id"]}
+                                  "reads": 0, "input_file_id": request["input_file_id"], "created_at": int(time.time())}
         if self.fault == "create-lost":  # made, but the reply is lost: a retry must not make a second one
             self.fault = "ok"
             return 502, {"error": {"message": "bad gateway"}}
         return 200, self.public(batch_id)
 
-    def listing(self) -> tuple[int, dict]:
-        return 200, {"object": "list", "data": [self.public(b) for b in reversed(list(self.batches))]}
+    def listing(self, query: dict) -> tuple[int, dict]:
+        """Newest first, a page of ``limit`` (at most 100) after the batch ``after``, as OpenAI pages them."""
+        ids = list(reversed(list(self.batches)))
+        start = ids.index(query["after"]) + 1 if "after" in query else 0
+        page = ids[start: start + min(int(query.get("limit", 20)), 100)]
+        return 200, {"object": "list", "data": [self.public(b) for b in page],
+                     "has_more": start + len(page) < len(ids), "last_id": page[-1] if page else None}
 
     def public(self, batch_id: str) -> dict:
         batch = self.batches[batch_id]
@@ -145,9 +153,10 @@ class FakeOpenAI:
 
             def do_GET(self):
                 parts = self.path.split("?")[0].split("/")  # /v1/batches[/ID] or /v1/files/ID/content
+                query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
                 with server.lock:
                     if parts[2:] == ["batches"]:
-                        return self.reply(*server.batch.listing())
+                        return self.reply(*server.batch.listing(query))
                     if parts[2] == "batches":
                         return self.reply(*server.batch.status(parts[3]))
                     if parts[2] == "files" and parts[-1] == "content":

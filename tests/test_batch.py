@@ -48,7 +48,8 @@ def test_a_batch_run_writes_what_a_live_run_writes(tmp_path):
     assert read_jsonl(tmp_path / "teach" / "train.jsonl") == live_rows
     assert summary["route"] == "batch" and summary["failed_items"] == 0 and summary["items"] == LIMIT
     state = json.loads((tmp_path / "teach" / "batches.json").read_text())
-    assert state["batches"][0]["counts"] == {"stored": LIMIT, "errors": 0, "unknown": 1, "duplicates": 1}
+    assert state["batches"][0]["counts"] == {"stored": LIMIT, "already_stored": 0, "errors": 0, "unknown": 1,
+                                             "duplicates": 1}
     assert "batch route" in (tmp_path / "teach" / "README.md").read_text()
     lines = server.batch.files[state["batches"][0]["input_file_id"]].splitlines()
     assert {json.loads(line)["url"] for line in lines} == {"/v1/completions"}
@@ -92,6 +93,44 @@ def test_a_batch_whose_create_reply_was_lost_is_found_not_paid_twice(tmp_path):
     assert summary["failed_items"] == 0
 
 
+def other_batches(server, count: int) -> None:
+    """Batches of other work on the same account, made after ours: ours is no longer on the list's first page."""
+    for n in range(count):
+        server.batch.files[f"other-{n}"] = json.dumps({"custom_id": f"o{n}-0"}) + "\n"
+        server.batch.create({"input_file_id": f"other-{n}"})
+
+
+def test_a_lost_create_is_found_past_the_first_page_and_cancel_reaches_it(tmp_path):
+    """Before: only the newest 100 batches were searched (a second, paid, batch), and --cancel skipped a
+    recorded file whose create's reply was lost, though its batch ran at the provider."""
+    from dsbs.errors import UserError
+
+    with FakeOpenAI(batch_fault="create-lost", batch_polls=10**6) as server:
+        with pytest.raises(UserError, match="the same command collects it"):
+            teach(DEMO, batch_config(server, tmp_path, max_retries=0))
+        other_batches(server, 150)
+        assert teach(DEMO, batch_config(server, tmp_path, batch=False, cancel=True)) == {"cancelled": ["batch-0"]}
+        assert server.batch.batches["batch-0"]["status"] == "cancelling"
+        server.batch.polls = 0
+        teach(DEMO, batch_config(server, tmp_path))
+        ours = [b for b in server.batch.batches.values() if not b["input_file_id"].startswith("other")]
+        assert [len(b["lines"]) for b in ours] == [LIMIT, LIMIT // 2]  # the cancelled half asked again, once
+        assert set(server.batch.answered.values()) == {1}
+
+
+def test_a_refused_create_is_not_retried_by_every_rerun(tmp_path):
+    """Before: a file the provider would not make a batch of stayed recorded, and each rerun failed on it."""
+    from dsbs.errors import UserError
+
+    with FakeOpenAI(batch_fault="create-400") as server:
+        with pytest.raises(UserError, match="no longer listed in .*batches.json.*--batch-max-requests"):
+            teach(DEMO, batch_config(server, tmp_path))
+        assert json.loads((tmp_path / "teach" / "batches.json").read_text()) == {"batches": []}
+        server.batch.fault = "ok"
+        summary = teach(DEMO, batch_config(server, tmp_path, batch_max_requests=4))
+        assert len(server.batch.batches) == 2 and summary["failed_items"] == 0
+
+
 def test_a_reply_without_text_is_a_failed_item_not_a_crash_on_every_rerun(tmp_path):
     from dsbs.batch import ingest_lines
 
@@ -99,6 +138,26 @@ def test_a_reply_without_text_is_a_failed_item_not_a_crash_on_every_rerun(tmp_pa
         "choices": [{"message": {"content": None, "refusal": "no"}, "finish_reason": "content_filter"}]}}}
     counts = ingest_lines([json.dumps(line)], {"k"}, None, 1000, "results.jsonl")
     assert counts["errors"] == 1 and "without text" in counts["error_details"]["k-0"]
+
+
+def test_an_answer_beats_an_error_line_for_the_same_request_wherever_it_stands(tmp_path):
+    """Before: the first line of a custom_id won, so a retry's answer after the first run's error line was
+    dropped as a duplicate and the item stayed failed on every rerun."""
+    from dsbs.batch import ingest_lines
+    from dsbs.teach import AnswerCache
+
+    def result(cid: str, text: str | None) -> str:
+        if text is None:
+            return json.dumps({"custom_id": cid, "response": None, "error": {"message": "server overloaded"}})
+        body = {"choices": [{"message": {"content": text}}], "usage": {}}
+        return json.dumps({"custom_id": cid, "response": {"status_code": 200, "body": body}, "error": None})
+
+    cache = AnswerCache(tmp_path / "cache.sqlite")
+    lines = [result("a-0", None), result("a-0", "Yes. So the answer is 1."), result("b-0", "So the answer is 2."),
+             result("b-0", None), result("c-0", None), result("c-0", None)]
+    counts = ingest_lines(lines, {"a", "b", "c"}, cache, 1000, "results.jsonl")
+    assert cache.get("a")["text"] == "Yes. So the answer is 1." and cache.get("b")["text"] == "So the answer is 2."
+    assert counts["stored"] == 2 and counts["errors"] == 1 and list(counts["error_details"]) == ["c-0"]
 
 
 def start_and_kill_while_polling(server, tmp_path) -> None:
@@ -179,7 +238,12 @@ def test_an_offline_request_file_runs_through_ingest(tmp_path):
 
     with pytest.raises(DataError, match="none of its 8 answers is for a request of this run"):
         teach(DEMO, dataclasses.replace(config, ingest=str(results), model="another-model"))
+    partial = tmp_path / "partial.jsonl"  # two answers missing, ingested twice: the second is not refused
+    partial.write_text("".join(results.read_text().splitlines(keepends=True)[2:]))
+    for _ in range(2):
+        assert teach(DEMO, dataclasses.replace(config, ingest=str(partial)))["failed_items"] == 2
     summary = teach(DEMO, dataclasses.replace(config, ingest=str(results)))
     rows = read_jsonl(tmp_path / "teach" / "train.jsonl")
     assert summary["route"] == "ingest" and summary["failed_items"] == 0 and summary["completion_tokens"] == 8 * LIMIT
+    assert summary["answers_from_cache"] == LIMIT - 2
     assert all(r["teacher_label"] == "7" and r["rationale"] == "Count them." for r in rows)

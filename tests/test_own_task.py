@@ -139,9 +139,24 @@ def test_teacher_writes_exemplars_for_rows_without_rationales_and_is_scored_on_t
     summary = json.loads((taught / "teach_summary.json").read_text())
     assert summary["prompt"].startswith("exemplars written by the teacher for 4 labelled rows")
     assert summary["exemplar_rows_not_scored"] == 4 and summary["teacher_accuracy_rows"] == 36
+    # what was sent includes the 8 requests that wrote exemplars (before: only the rows' 40)
+    assert summary["this_run"]["exemplar_requests"] == 8 and summary["requests_made"] == 48
     assert summary["teacher_accuracy"] == round(35 / 36, 4)  # 'Far too loud' is not an exemplar and is wrong
     card = (taught / "README.md").read_text()
     assert "exemplars written by the teacher" in card and "4 rows that are exemplars" in card
+
+
+def test_a_dry_run_prices_the_exemplar_requests_live_whatever_the_route(tmp_path):
+    """Before: the batch cost halved the exemplar-writing requests too, though they go live before any batch."""
+    from dsbs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="both prices"):
+        TeachConfig(price_in=0.15)
+    dry = teach(TaskConfig(task=str(EXAMPLES / "train.csv"), **SOURCE),
+                TeachConfig(backend="openai", model="fake", exemplars=4, dry_run=True, price_in=1.0, price_out=1.0,
+                            output=str(tmp_path / "teach")))
+    assert dry["exemplar_requests"] == 8 and dry["requests"] == 48
+    assert dry["cost_live"] / 2 < dry["cost_batch"] < dry["cost_live"] * (0.5 + 0.5 * 8 / 48) * 1.2
 
 
 def test_zero_shot_sends_no_exemplars(tmp_path):

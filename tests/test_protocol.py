@@ -142,6 +142,10 @@ def test_runs_on_other_data_are_another_row_not_another_seed(tmp_path):
     assert any("data=aaaa" in name for name in rows) and any("data=bbbb" in name for name in rows)
     older = {k: v for k, v in line("aaaa").items() if k not in ("data_digest", "task_settings")} | {"seed": 1}
     assert list(group_results([line("aaaa"), older])[("reviews", "s")]) == ["dsbs"]  # unrecorded is no difference
+    # a recorded line leaves out the task fields at their default: left out and set are different settings
+    templated = line("aaaa") | {"task_settings": {"input_template": "{title}: {text}"}}
+    rows = group_results([line("aaaa"), templated])[("reviews", "s")]
+    assert len(rows) == 2 and any("task.input_template={title}: {text}" in name for name in rows)
 
 
 def test_bert_style_targets_are_the_text_and_eos_only():

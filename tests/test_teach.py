@@ -98,9 +98,19 @@ def test_samples_at_temperature_zero_are_refused_and_duplicated_rows_are_asked_o
     path = tmp_path / "rows.csv"
     path.write_text("text,sentiment\nGreat fit,positive\nGreat fit,positive\nBroke at once,negative\n")
     with FakeOpenAI(answer=lambda item, attempt: "It says so. So the answer is positive.") as server:
-        summary = teach(TaskConfig(task=str(path), input_field="text", label_field="sentiment"),
-                        config(server, tmp_path, zero_shot=True))
+        task = TaskConfig(task=str(path), input_field="text", label_field="sentiment")
+        dry = teach(task, config(server, tmp_path, zero_shot=True, dry_run=True))
+        summary = teach(task, config(server, tmp_path, zero_shot=True))
         assert sum(server.requests.values()) == 2 and summary["failed_items"] == 0
+    # counted as sent and billed: once per request (before: 3 requests and every row's copy of its tokens)
+    assert dry["requests"] == summary["requests_made"] == summary["this_run"]["requests"] == 2
+    assert summary["completion_tokens"] == summary["this_run"]["completion_tokens"] == 2 * 7
+    # a failed request says nothing of the teacher: its row is a failed item, not a wrong answer (before: 2/3)
+    with FakeOpenAI(script=lambda item, attempt: "500" if "Broke" in item else "ok",
+                    answer=lambda item, attempt: "It says so. So the answer is positive.") as server:
+        summary = teach(task, config(server, tmp_path / "failing", zero_shot=True, max_retries=0))
+    assert summary["failed_items"] == 1 and summary["teacher_accuracy"] == 1.0
+    assert summary["teacher_accuracy_rows"] == 2
     rows = read_jsonl(tmp_path / "teach" / "train.jsonl")
     assert [r["rationale"] for r in rows] == ["It says so."] * 3
 

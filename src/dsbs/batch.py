@@ -26,6 +26,7 @@ from dsbs.retries import RetryableError, TeacherStopped, call_with_retries, open
 STATE = "batches.json"
 TERMINAL = ("completed", "expired", "cancelled", "failed")
 ROUNDS = 3  # batches submitted for the same missing items before the run gives up on them
+MAX_PAGES, CLOCK_SKEW = 100, 600  # looking for a batch: pages of the list of batches; seconds of clock difference
 
 
 def custom_id(key: str, sample: int) -> str:
@@ -85,9 +86,11 @@ def answer_of(result: dict, limit: int) -> tuple[dict | None, str | None]:
 
 
 def ingest_lines(lines, wanted: set[str], cache, limit: int, where: str) -> dict:
-    """Store every answer of a results file whose key is wanted; counts of what each line was."""
-    counts = {"stored": 0, "errors": 0, "unknown": 0, "duplicates": 0}
-    errors, seen = {}, set()
+    """Store every answer of a results file whose key is wanted; counts of what each line was. An answer
+    beats an error line for the same request wherever each stands (a retry's results joined to the first's);
+    of two answers the first is kept."""
+    counts = {"stored": 0, "already_stored": 0, "unknown": 0, "duplicates": 0}
+    errors, stored = {}, set()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -97,21 +100,24 @@ def ingest_lines(lines, wanted: set[str], cache, limit: int, where: str) -> dict
         except (json.JSONDecodeError, KeyError, TypeError):
             raise DataError(f"{where}:{number}: not a batch result line (JSON with a custom_id)") from None
         key = key_of(cid)
-        if key not in wanted:
-            counts["unknown"] += 1
+        if key not in wanted:  # answered before (the same file ingested again), or another run's request
+            counts["already_stored" if cache.get(key) is not None else "unknown"] += 1
             continue
-        if cid in seen:
-            counts["duplicates"] += 1
-            continue
-        seen.add(cid)
         answer, error = answer_of(result, limit)
-        if answer is None:
-            counts["errors"] += 1
+        if cid in stored or (answer is None and cid in errors):
+            counts["duplicates"] += 1
+        elif answer is None:
             errors[cid] = error
         else:
+            counts["duplicates"] += errors.pop(cid, None) is not None
             cache.put(key, answer)
+            stored.add(cid)
             counts["stored"] += 1
-    return {**counts, "error_details": errors}
+    return {**counts, "errors": len(errors), "error_details": errors}
+
+
+class Refused(UserError):
+    """The server answered 4xx (not 401/403/429): this call is wrong as made, and would be again."""
 
 
 class BatchAPI:
@@ -146,7 +152,7 @@ class BatchAPI:
         if response.status_code == 429 or response.status_code >= 500:
             raise RetryableError(f"HTTP {response.status_code}", seconds(response.headers.get("retry-after")))
         if response.status_code >= 400:
-            raise UserError(f"{method} {path}: HTTP {response.status_code}: {redact(response.text[:300], (self.key,))}")
+            raise Refused(f"{method} {path}: HTTP {response.status_code}: {redact(response.text[:300], (self.key,))}")
         return response
 
     def upload(self, lines: list[str]) -> str:
@@ -154,22 +160,32 @@ class BatchAPI:
         return self.call("POST", "/files", data={"purpose": "batch"},
                          files={"file": ("requests.jsonl", data, "application/jsonl")}).json()["id"]
 
-    def create(self, file_id: str, endpoint: str) -> dict:
+    def create(self, file_id: str, endpoint: str, since: float | None = None) -> dict:
         """The batch of an uploaded file, created once: a create whose reply was lost (a timeout, a 5xx, a kill)
         may have made one, so each attempt first looks for a batch of that file."""
 
         def once():
-            return self.find(file_id) or self.request("POST", "/batches", json={
+            return self.find(file_id, since) or self.request("POST", "/batches", json={
                 "input_file_id": file_id, "endpoint": endpoint, "completion_window": "24h"}).json()
 
         return self.retried(once, "POST /batches")
 
-    def find(self, file_id: str) -> dict | None:
-        try:
-            listed = self.request("GET", "/batches", params={"limit": 100}).json().get("data") or []
-        except UserError:  # a server that cannot list batches: nothing to find
-            return None
-        return next((b for b in listed if b.get("input_file_id") == file_id), None)
+    def find(self, file_id: str, since: float | None = None) -> dict | None:
+        """The batch made of ``file_id``, from the list of batches (newest first), page by page back to the
+        file's upload (``since``, a time.time()); a server that cannot list batches has nothing to find."""
+        after = None
+        for _ in range(MAX_PAGES):
+            try:
+                page = self.request("GET", "/batches", params={"limit": 100, **({"after": after} if after else {})})
+            except Refused:
+                return None
+            listed = page.json().get("data") or []
+            found = next((b for b in listed if b.get("input_file_id") == file_id), None)
+            older = since is not None and any((b.get("created_at") or since) < since - CLOCK_SKEW for b in listed)
+            if found or older or not listed or not page.json().get("has_more"):
+                return found
+            after = listed[-1]["id"]
+        return None
 
     def status(self, batch_id: str) -> dict:
         return self.call("GET", f"/batches/{batch_id}").json()
@@ -225,8 +241,8 @@ def submit(api: BatchAPI, pending: list, config, output: Path, state: dict) -> N
     again, finds the batch of a recorded file instead of paying for a second one."""
     lines = request_lines(pending, config)
     for part in split_files(lines, config.batch_max_requests, config.batch_max_bytes):
-        batch = {"input_file_id": api.upload(part), "requests": len(part), "status": "uploaded",
-                 "keys": sorted({key_of(json.loads(line)["custom_id"]) for line in part})}
+        batch = {"input_file_id": api.upload(part), "uploaded_at": time.time(), "requests": len(part),
+                 "status": "uploaded", "keys": sorted({key_of(json.loads(line)["custom_id"]) for line in part})}
         state["batches"].append(batch)
         write_state(output, state)
         create(api, batch, config, output, state)
@@ -234,7 +250,14 @@ def submit(api: BatchAPI, pending: list, config, output: Path, state: dict) -> N
 
 def create(api: BatchAPI, batch: dict, config, output: Path, state: dict) -> None:
     endpoint = "/v1/chat/completions" if config.api == "chat" else "/v1/completions"
-    made = api.create(batch["input_file_id"], endpoint)
+    try:
+        made = api.create(batch["input_file_id"], endpoint, batch.get("uploaded_at"))
+    except Refused as err:  # refused, so never made: a kept entry would be created again by every rerun
+        state["batches"].remove(batch)
+        write_state(output, state)
+        raise UserError(f"{err}\nthe provider would not make a batch of the uploaded file {batch['input_file_id']}; "
+                        f"it is no longer listed in {output / STATE}: a rerun uploads its requests again (a file too "
+                        "large for the provider: lower --batch-max-requests or --batch-max-bytes)") from None
     batch.update(id=made["id"], status=made["status"])
     write_state(output, state)  # before anything else: a kill now must not pay for it twice
     print(f"submitted batch {batch['id']}: {batch['requests']} requests", file=sys.stderr)
@@ -268,7 +291,7 @@ def wait(api: BatchAPI, config, output: Path, state: dict, sleep) -> None:
 def status(api: BatchAPI, batch: dict, output: Path) -> dict:
     try:
         return api.status(batch["id"])
-    except UserError as err:
+    except Refused as err:
         raise UserError(f"{err}\nbatch {batch['id']} is recorded in {output / STATE}: a batch of another key or "
                         "base URL, or one the provider no longer keeps; remove its entry from that file to ask its "
                         "items again") from None
@@ -278,25 +301,29 @@ def collect(api: BatchAPI, batch: dict, wanted: set[str], cache, limit: int) -> 
     """Store the answers of an ended batch (a failed one has none, an expired one some)."""
     if batch["status"] == "failed" and not batch.get("output_file_id"):
         print(f"batch {batch['id']} failed at the provider; its items will be asked again", file=sys.stderr)
-    counts = {"stored": 0, "errors": 0, "unknown": 0, "duplicates": 0, "error_details": {}}
-    for file_id in (batch.get("output_file_id"), batch.get("error_file_id")):
-        if file_id:
-            got = ingest_lines(api.content(file_id).split("\n"), wanted, cache, limit, f"batch file {file_id}")
-            for name, value in got.items():
-                counts[name] = {**counts[name], **value} if name == "error_details" else counts[name] + value
-    return counts
+    lines = [line for file_id in (batch.get("output_file_id"), batch.get("error_file_id")) if file_id
+             for line in api.content(file_id).split("\n")]
+    return ingest_lines(lines, wanted, cache, limit, f"the files of batch {batch['id']}")
 
 
 def cancel_batches(config, output: Path) -> dict:
     """--cancel: cancel every recorded batch that has not ended; its partial results are still collected later."""
     api, state = BatchAPI(config), read_state(output)
     cancelled, refused = [], {}
+    for batch in [b for b in state["batches"] if "id" not in b]:  # its create's reply was lost: it may run
+        made = api.find(batch["input_file_id"], batch.get("uploaded_at"))
+        if made:
+            batch.update(id=made["id"], status=made["status"])
+            write_state(output, state)
+        else:
+            print(f"no batch of the uploaded file {batch['input_file_id']} runs (its create did not happen); a rerun "
+                  "of the same command creates it", file=sys.stderr)
     for batch in state["batches"]:
         if "id" in batch and not batch.get("ingested") and batch["status"] not in TERMINAL:
             try:  # one batch that ended meanwhile (HTTP 400) must not leave the others running
                 batch["status"] = api.cancel(batch["id"]).get("status", "cancelling")
                 cancelled.append(batch["id"])
-            except UserError as err:
+            except Refused as err:
                 refused[batch["id"]] = str(err)
                 print(f"batch {batch['id']} not cancelled: {err}", file=sys.stderr)
             write_state(output, state)

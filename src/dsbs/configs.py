@@ -225,6 +225,8 @@ class TeachConfig:
         if self.zero_shot and self.prompt_file:
             raise ConfigError("--zero-shot and --prompt-file do not combine: a prompt file with no exemplars is "
                               "zero-shot")
+        if (self.price_in is None) != (self.price_out is None):
+            raise ConfigError("a cost needs both prices: --price-in and --price-out (per million tokens)")
 
 
 @dataclass

@@ -68,11 +68,16 @@ def local_counter(model: str):
 
 
 def estimate(requests: list[dict], cached: int, exemplar_answers: list[str], config, count, tokenizer: str,
-             exact: bool) -> dict:
-    """Tokens and cost of the requests still to send (``requests``; ``cached`` others the cache answers)."""
-    prompt_tokens = sum(count(prompt_text(r)) for r in requests)
+             exact: bool, live_only: list[dict] = ()) -> dict:
+    """Tokens and cost of the requests still to send (``requests``; ``cached`` others the cache answers);
+    ``live_only`` requests (the teacher writing exemplars, before any batch) are sent live whatever the route."""
+    live_only = list(live_only)
+    requests = list(requests) + live_only
+    prompts = [count(prompt_text(r)) for r in requests]
+    prompt_tokens = sum(prompts)
     per_answer = (statistics.fmean(count(a) for a in exemplar_answers) if exemplar_answers else COMPLETION_DEFAULT)
-    completion = round(min(per_answer, config.max_tokens) * len(requests))
+    each = min(per_answer, config.max_tokens)
+    completion = round(each * len(requests))
     result = {"requests": len(requests), "answers_in_cache": cached, "prompt_tokens": prompt_tokens,
               "prompt_tokens_counted_with": tokenizer, "prompt_tokens_exact": exact,
               "completion_tokens_estimate": completion,
@@ -82,7 +87,10 @@ def estimate(requests: list[dict], cached: int, exemplar_answers: list[str], con
     if config.price_in is not None and config.price_out is not None:
         live = (prompt_tokens * config.price_in + completion * config.price_out) / 1e6
         bound = (prompt_tokens * config.price_in + result["completion_tokens_bound"] * config.price_out) / 1e6
-        result |= {"cost_live": round(live, 6), "cost_batch": round(live * BATCH_DISCOUNT, 6),
+        always_live = (sum(prompts[len(requests) - len(live_only):]) * config.price_in
+                       + each * len(live_only) * config.price_out) / 1e6
+        batch = (live - always_live) * BATCH_DISCOUNT + always_live
+        result |= {"cost_live": round(live, 6), "cost_batch": round(batch, 6),
                    "cost_live_at_most": round(bound, 6), "currency_per_million_tokens": [config.price_in,
                                                                                          config.price_out]}
     return result

@@ -71,15 +71,15 @@ def dataset_card(task, split: str, summary: dict, spec, config, data_files: str)
              f"Made with dsbs {__version__} (`dsbs teach`): for each input the teacher `{config.model}` "
              f"({config.backend} backend, {config.api} API) answered a few-shot chain-of-thought prompt; its answer "
              "was parsed into a rationale and a label.", "",
-             f"- requests: {ROUTES[summary.get('route', 'live')]}",
+             f"- requests: {route_text(summary.get('route', 'live'), config)}",
              f"- items: {summary['items']}; failed: {summary['failed_items']}; "
              f"unparsable: {summary['parse_failures']}; replies cut to the size bound: {summary['cut_replies']}",
-             f"- tokens: {summary['prompt_tokens']} prompt, {summary['completion_tokens']} completion"
-             + estimate_note(summary.get("estimate")),
+             f"- tokens: {summary['prompt_tokens']} prompt, {summary['completion_tokens']} completion over the "
+             "answers (a request that rows with equal inputs share counted once)" + this_run_note(summary),
              f"- sampling: temperature {config.temperature}, max_tokens {config.max_tokens}, samples {config.samples}",
-             f"- teacher accuracy on the gold labels: {summary['teacher_accuracy']} over "
-             f"{summary['teacher_accuracy_rows']} rows (not scored: {summary['exemplar_rows_not_scored']} rows that "
-             "are exemplars of the prompt)",
+             f"- teacher accuracy on the gold labels: {summary['teacher_accuracy']} over the "
+             f"{summary['teacher_accuracy_rows']} rows it answered (not scored: {summary['exemplar_rows_not_scored']} "
+             "rows that are exemplars of the prompt, and the failed items)",
              f"- prompt: {summary['prompt']}",
              "- fields: `input` (the student input), `label` (gold, where the row has one), `rationale` and "
              "`teacher_label` (the teacher's; empty where its answer did not parse), "
@@ -93,17 +93,35 @@ def dataset_card(task, split: str, summary: dict, spec, config, data_files: str)
     return "\n".join(lines)
 
 
-ROUTES = {"live": "sent live, one at a time", "batch": "sent through the provider's batch route (half the price, "
+def route_text(route: str, config) -> str:
+    """How the card's answers were asked for."""
+    if route == "live":
+        return ("answered in process, one at a time" if config.backend == "local" else
+                f"sent live, up to {config.concurrency} at a time")
+    return ROUTES[route]
+
+
+ROUTES = {"batch": "sent through the provider's batch route (half the price, "
           "answered within 24 hours; batch ids in batches.json)", "ingest": "read from a batch results file (--ingest: "
           "an offline run such as vllm run-batch, or a provider's batch output)"}
 
 
-def estimate_note(estimate: dict | None) -> str:
-    if not estimate:
+def this_run_note(summary: dict) -> str:
+    """What the run that wrote the card sent, beside the estimate made before it sent the rows' requests."""
+    run = summary.get("this_run")
+    if not run:
         return ""
-    return (f" (estimated before the run, for the {estimate['requests']} requests not in the cache: "
-            f"{estimate['prompt_tokens']} prompt, about {estimate['completion_tokens_estimate']} completion, counted "
-            f"with {estimate['prompt_tokens_counted_with']})")
+    if summary.get("route") == "ingest":
+        return f"; this run read {summary['answers_ingested']} answers from the results file and sent nothing"
+    writing = f", {run['exemplar_requests']} of them writing exemplars first" if run["exemplar_requests"] else ""
+    text = (f"; this run sent {run['requests']} requests{writing}: {run['prompt_tokens']} prompt, "
+            f"{run['completion_tokens']} completion tokens")
+    estimate = summary.get("estimate")
+    if estimate:
+        text += (f" (estimated before its {estimate['requests']} rows' requests: {estimate['prompt_tokens']} "
+                 f"prompt, about {estimate['completion_tokens_estimate']} completion, counted with "
+                 f"{estimate['prompt_tokens_counted_with']})")
+    return text
 
 
 def json_as_yaml(value) -> str:

@@ -73,8 +73,9 @@ def exemplars_from_rows(examples, marker: str, k: int = 8) -> tuple[tuple[str, s
 def own_instruction(marker: str, labels: tuple[str, ...] | None, equation: bool) -> str:
     """The instruction of an own task's prompt: how to answer, and what an answer may be."""
     text = f"Answer the question. Reason step by step, then end with '{marker}' and the answer."
-    if labels:
-        text += f" The answer is one of: {', '.join(labels)}."
+    if labels:  # in quotes where a label holds a comma, so that it reads as one label
+        quoted = any("," in label or '"' in label for label in labels)
+        text += f" The answer is one of: {', '.join(json.dumps(x) if quoted else x for x in labels)}."
     elif equation:
         text += " The answer is an arithmetic expression of numbers, + - * / and parentheses."
     return text

@@ -54,14 +54,19 @@ def label(result: dict) -> str:
     return result["method"] + (f" [{result['variant']}]" if result.get("variant") else "")
 
 
+TASK_RECORDED = "task settings recorded"
+
+
 def settings_of(result: dict) -> dict:
     """What a result line was trained with beyond its cell: the recipe's settings, the split order, the task's
     settings and its data (a regenerated teach output is other data: its runs are not more seeds)."""
     order = (result.get("protocol") or {}).get("split_order") or "pool (old)"
     settings = {k: v for k, v in (result.get("train_settings") or {}).items() if k not in NOT_RESULT_SETTINGS}
+    # lines before 2026-12-07 record neither; a recorded line leaves out the task fields it keeps at their default
     task = {f"task.{k}": v for k, v in (result.get("task_settings") or {}).items()}
-    data = {"data": result["data_digest"]} if result.get("data_digest") else {}  # lines before 2026-12-07 lack it
-    return {**settings, **task, "split": order, "test_limit": result.get("test_limit"), **data}
+    recorded = {TASK_RECORDED: True} if "task_settings" in result else {}
+    data = {"data": result["data_digest"]} if result.get("data_digest") else {}
+    return {**settings, **task, **recorded, "split": order, "test_limit": result.get("test_limit"), **data}
 
 
 def settings_labels(results: list[dict]) -> dict[int, str]:
@@ -83,7 +88,11 @@ def settings_labels(results: list[dict]) -> dict[int, str]:
 def differ(one: dict, other: dict, key: str) -> bool:
     """Whether two lines' settings differ in ``key``; the task's settings and data, which lines before
     2026-12-07 do not record, differ only where both lines record them."""
-    if key == "data" or key.startswith("task."):
+    if key == TASK_RECORDED:
+        return False
+    if key.startswith("task."):
+        return TASK_RECORDED in one and TASK_RECORDED in other and one.get(key) != other.get(key)
+    if key == "data":
         return key in one and key in other and one[key] != other[key]
     return one.get(key) != other.get(key)
 
@@ -342,8 +351,11 @@ def caveats(lines: list[dict]) -> str:
     if any(not r.get("protocol") for r in lines):
         notes.append("some runs predate the paper's split order (validation held out of the whole pool, selected on "
                      "gold labels also in the unlabeled setting): they stay, labelled, until rerun")
-    if item_clusters(lines):
-        notes.append(f"{len(set(item_clusters(lines)))} clusters of test items (counted once each)")
+    clusters = len(set(item_clusters(lines) or []))
+    if clusters > 1:
+        notes.append(f"{clusters} clusters of test items (counted once each)")
+    elif clusters == 1:
+        notes.append("every test item in one cluster: counted as independent items (is the cluster field right?)")
     pool = (first.get("train_settings") or {}).get("pool_size")
     if pool:
         notes.append(f"training pool capped at {pool} rows")

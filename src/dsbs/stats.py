@@ -117,7 +117,7 @@ def cluster_ids(clusters, items: int) -> np.ndarray:
     if items > 1 and ids.max() == 0:  # one cluster: its spread over items cannot be estimated at all
         import warnings
 
-        warnings.warn(f"all {items} items are in one cluster ({labels[0]!r}): the interval treats them as "
+        warnings.warn(f"all {items} items are in one cluster ({labels[0].tolist()!r}): the interval treats them as "
                       "independent; is the cluster field the right one?", stacklevel=3)
         return np.arange(items)
     return ids

@@ -289,6 +289,7 @@ class Teacher:
 
     def __init__(self, config: TeachConfig):
         self.config, self.backend = config, None
+        self.exemplar_spend = Counter()  # requests sent to write exemplars, and their tokens
 
     def started(self):
         if self.backend is None:
@@ -431,11 +432,11 @@ def teacher_exemplars(task, config: TeachConfig, rows, teacher: Teacher | None, 
     """Exemplars for an own task whose rows have no rationales: the teacher explains labelled rows' gold labels."""
     marker = own_marker(task)
     candidates, requests = exemplar_requests(task, config, rows)
-    if teacher is None:  # a dry run: what the cache holds, placeholders for the rest
-        answers, _ = split_cached(requests, cache, config, 1)
-    else:
-        print(f"writing exemplars: the teacher explains {len(candidates)} labelled rows", file=sys.stderr)
+    answers, pending = split_cached(requests, cache, config, 1)
+    if teacher is not None and pending:  # else a dry run (placeholders for the rest), or all in the cache
+        print(f"writing exemplars: the teacher explains {len(pending)} labelled rows", file=sys.stderr)
         answers, _ = ask_pending(teacher, requests, cache, config, samples=1)
+        teacher.exemplar_spend = spend(answers[(i, 0)] for i, _, _, _ in pending)
     exemplars = []
     for i, row in enumerate(candidates):
         answer = answers.get((i, 0), {"text": PLACEHOLDER_RATIONALE})
@@ -477,8 +478,8 @@ def dry_run(task_config: TaskConfig, config: TeachConfig) -> dict:
         to_write = [r for _, _, r, _ in split_cached(exemplar_requests(task, config, split_rows)[1], cache, config,
                                                      1)[1]]
     count, tokenizer, exact = token_counter(config)
-    result = estimate([r for _, _, r, _ in pending] + to_write, len(answers), [a for _, a in spec.exemplars],
-                      config, count, tokenizer, exact and not to_write)
+    result = estimate(distinct_requests(pending), len(answers), [a for _, a in spec.exemplars], config, count,
+                      tokenizer, exact and not to_write, live_only=to_write)
     result |= {"prompt": prompt_source, "exemplar_requests": len(to_write)}
     if to_write:
         result["prompt_tokens_note"] = (f"{len(to_write)} requests first ask the teacher to write exemplars; the "
@@ -519,7 +520,8 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     spec, prompt_source = teacher_prompt(task, config, split_rows, teacher, cache)
     write_atomic(output / "prompt.json", prompt_json(spec))
     started = time.perf_counter()
-    bar = tqdm(total=len(rows) * config.samples, desc=f"teach {task.name}/{split}", unit="answer")
+    bar = tqdm(total=len(rows) * config.samples, desc=f"teach {task.name}/{split}", unit="answer",
+               disable=bool(offline or config.batch))  # the batch route prints its own progress
     parsed = Counter()
 
     def on_answer(i: int, answer: dict) -> None:
@@ -536,6 +538,8 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
         from dsbs.batch import write_request_file
 
         return write_request_file(config.batch_file, split_cached(requests, cache, config, config.samples)[1], config)
+    keys = {(i, s): request_key(config, request, s) for i, request in requests for s in range(config.samples)}
+    new = {key for key in set(keys.values()) if cache.get(key) is None}
     expected = live_estimate(requests, cache, config, spec)
     if config.batch or config.ingest:
         answers, stats = batch_answers(requests, cache, config, output)
@@ -548,6 +552,9 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     files, details = write_outputs(task_config, task, split, records, output)
     exemplar_inputs = {x for x, _ in spec.exemplars}
     summary = summarize(task, split, records, stats, config, files, time.perf_counter() - started, exemplar_inputs)
+    summary |= costs(keys, answers, new, teacher.exemplar_spend, bool(config.ingest))
+    if "ingest_lines" in stats:  # what each line of the results file was
+        summary["ingest_lines"] = stats["ingest_lines"]
     summary["prompt"], summary["estimate"] = prompt_source, expected
     summary["route"] = "batch" if config.batch else "ingest" if config.ingest else "live"
     from dsbs.hub import write_teach_dataset
@@ -565,8 +572,10 @@ def batch_answers(requests: list[tuple[int, dict]], cache, config: TeachConfig, 
     stats = Counter(cached=len(answers))
     if config.ingest:
         counts = ingest_file(config.ingest, pending, cache, reply_limit(config))
-        print(f"{config.ingest}: {counts['stored']} answers stored, {counts['errors']} errors, {counts['unknown']} "
-              f"lines for requests this run does not make, {counts['duplicates']} duplicates", file=sys.stderr)
+        stats["ingest_lines"] = {k: v for k, v in counts.items() if k != "error_details"}
+        print(f"{config.ingest}: {counts['stored']} answers stored, {counts['already_stored']} stored before, "
+              f"{counts['errors']} errors, {counts['unknown']} lines for requests this run does not make, "
+              f"{counts['duplicates']} duplicates", file=sys.stderr)
         if pending and counts["stored"] == counts["errors"] == 0 and counts["unknown"]:
             raise DataError(f"{config.ingest}: none of its {counts['unknown']} answers is for a request of this run: "
                             "the results answer requests made with other settings (ingest with the --model, "
@@ -590,8 +599,23 @@ def live_estimate(requests: list[tuple[int, dict]], cache, config: TeachConfig, 
     if count is None:
         return None
     answers, pending = split_cached(requests, cache, config, config.samples)
-    return estimate([r for _, _, r, _ in pending], len(answers), [a for _, a in spec.exemplars], config, count,
+    return estimate(distinct_requests(pending), len(answers), [a for _, a in spec.exemplars], config, count,
                     tokenizer, exact)
+
+
+def distinct_requests(pending: list) -> list[dict]:
+    """The requests of (row, sample, request, key) items, each key once: equal inputs are asked (and paid) once."""
+    return list({key: request for _, _, request, key in pending}.values())
+
+
+def spend(answers) -> Counter:
+    """Requests and the tokens the teacher reported for their answers (a failed request: none)."""
+    total = Counter()
+    for answer in answers:
+        total["requests"] += 1
+        total["prompt_tokens"] += answer.get("prompt_tokens") or 0
+        total["completion_tokens"] += answer.get("completion_tokens") or 0
+    return total
 
 
 def record_for(task, config: TeachConfig, i: int, row, got: list[dict]) -> dict:
@@ -613,23 +637,38 @@ def record_for(task, config: TeachConfig, i: int, row, got: list[dict]) -> dict:
     }
 
 
+def costs(keys: dict, answers: dict, new: set[str], exemplar_spend: Counter, ingest: bool) -> dict:
+    """What the output's answers cost, each distinct request once (rows with equal inputs share one): over all
+    of them, and over what this run sent (the exemplars the teacher wrote first included; --ingest sends none)."""
+    distinct = {key: answers[item] for item, key in keys.items()}
+    total = spend(a for a in distinct.values() if "text" in a)
+    now = exemplar_spend + (Counter() if ingest else spend(a for k, a in distinct.items() if k in new))
+    result = {"requests_made": now["requests"], "answers_from_cache": len(distinct) - len(new),
+              "prompt_tokens": total["prompt_tokens"], "completion_tokens": total["completion_tokens"],
+              "this_run": {"requests": now["requests"], "exemplar_requests": exemplar_spend["requests"],
+                           "prompt_tokens": now["prompt_tokens"], "completion_tokens": now["completion_tokens"]}}
+    if ingest:
+        result["answers_ingested"] = sum("text" in a for k, a in distinct.items() if k in new)
+    return result
+
+
 def summarize(task, split: str, records: list[dict], stats: Counter, config: TeachConfig, files: list[str],
               seconds: float, exemplar_inputs: set[str]) -> dict:
     labelled = [r for r in records if r["label"] is not None]
-    # an exemplar's answer is in the prompt: the teacher is scored on the other rows only
-    graded = [r for r in labelled if r["input"] not in exemplar_inputs]
+    # an exemplar's answer is in the prompt: the teacher is scored on the other rows only, and only where it
+    # answered (a failed request says nothing of the teacher; its rows are the failed items)
+    graded = [r for r in labelled if r["input"] not in exemplar_inputs and r["completions"]]
     # scored as the paper scores it: the label as the teacher wrote it
     correct = sum(r["label_as_written"] is not None and task.labels_match(r["label_as_written"], r["label"])
                   for r in graded)
     return {
-        "task": task.name, "split": split, "items": len(records), "requests_made": stats["answered"] + stats["failed"],
-        "answers_from_cache": stats["cached"], "failed_items": sum(1 for r in records if not r["completions"]),
+        "task": task.name, "split": split, "items": len(records),
+        "failed_items": sum(1 for r in records if not r["completions"]),
         "parse_failures": sum(1 for r in records if r["completions"] and r["teacher_label"] is None),
         "cut_replies": sum(r["cut_replies"] for r in records), "retry_after_capped": stats["retry_after_capped"],
         "teacher_accuracy": round(correct / len(graded), 4) if graded else None,
-        "teacher_accuracy_rows": len(graded), "exemplar_rows_not_scored": len(labelled) - len(graded),
-        "prompt_tokens": sum(r["prompt_tokens"] for r in records),
-        "completion_tokens": sum(r["completion_tokens"] for r in records),
+        "teacher_accuracy_rows": len(graded),
+        "exemplar_rows_not_scored": sum(r["input"] in exemplar_inputs for r in labelled),
         "seconds": round(seconds, 2), "files": files,
         "config": {**asdict(config), "base_url": safe_url(config.base_url)},
     }

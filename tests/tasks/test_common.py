@@ -100,6 +100,12 @@ def test_a_csv_is_read_as_the_csv_module_writes_it(tmp_path):
         csv.writer(f).writerows([["text", "label"], ["first\u2028second", "pos"], ["multi\nline", "neg"]])
     rows = get_task(TaskConfig(task=str(path), input_field="text")).load("train")
     assert [(e.input, e.label) for e in rows] == [("first\u2028second", "pos"), ("multi\nline", "neg")]
+    # a quoted \r\n is kept as written, as predict reads it (before: training read \n, predict \r\n)
+    from dsbs.predict import _records
+
+    path.write_bytes(b'text,label\r\n"a\r\nb",pos\r\n')
+    assert get_task(TaskConfig(task=str(path), input_field="text")).load("train")[0].input == "a\r\nb"
+    assert next(iter(_records(path)))[1]["text"] == "a\r\nb"
     path.write_text("text,label\nfine,pos\nno, quotes, here,neg\n")
     with pytest.raises(DataError, match=r"mine.csv:3: 4 fields where the header has 2"):
         get_task(TaskConfig(task=str(path), input_field="text")).load("train")

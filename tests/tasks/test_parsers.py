@@ -89,5 +89,11 @@ def test_own_labels_that_end_in_a_period_or_hold_a_comma_parse():
     assert parse_completion(plain, "Loved it. So the answer is positive.") == ("Loved it.", "positive")
     hedged = TaskConfig(task="x.csv", label_set='["yes, definitely", "no"]')
     assert parse_completion(hedged, "Sure. So the answer is yes, definitely.") == ("Sure.", "yes, definitely")
+    # the instruction lists such labels in quotes (one label, not two), and a quoted answer parses
+    from dsbs.prompts import own_instruction
+
+    assert 'one of: "yes, definitely", "no".' in own_instruction("So the answer is", ("yes, definitely", "no"), False)
+    assert own_instruction("So the answer is", ("yes", "no"), False).endswith("one of: yes, no.")
+    assert parse_completion(hedged, 'Sure. So the answer is "yes, definitely".') == ("Sure.", "yes, definitely")
     with pytest.raises(ConfigError, match="not a JSON list"):
         parse_completion(TaskConfig(task="x.csv", label_set='["yes",'), "A. So the answer is yes.")

@@ -211,7 +211,9 @@ def read_csv(path: Path) -> Iterator[tuple[int, dict]]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not in the header
+        # -sig: a spreadsheet's byte-order mark is not in the header; bytes, not read_text: its newline translation
+        # would turn a quoted \r\n into \n here and not in predict, which reads the file with newline=""
+        text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from None

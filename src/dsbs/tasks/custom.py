@@ -111,7 +111,9 @@ def parse_completion(config, completion: str) -> tuple[str | None, str | None]:
     labels = label_set(config.label_set)
     if labels:  # "U.S." is a label; "positive." is the label "positive" ending a sentence
         allowed = {label.lower(): label for label in labels}
-        candidates = (answer, answer.removesuffix(".").strip(), answer.rstrip(".").strip())
+        plain = (answer, answer.removesuffix(".").strip(), answer.rstrip(".").strip())
+        unquoted = tuple(c.strip("\"'").strip() for c in plain)  # labels listed in quotes come back in quotes
+        candidates = plain + unquoted + tuple(c.rstrip(".").strip() for c in unquoted)
         label = next((allowed[c.lower()] for c in candidates if c.lower() in allowed), None)
         return (rationale, label) if label else (None, None)
     answer = answer.rstrip(".").strip()

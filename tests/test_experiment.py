@@ -161,6 +161,18 @@ def test_variants_are_one_more_axis_and_compare_with_their_own_standard(tiny_cau
     assert "| dsbs [alpha9] | dsbs | 100.0% |" in render(group_results([*results, plain]))
 
 
+def test_a_failing_cell_is_named_and_the_others_still_run(tiny_causal, tmp_path):
+    """Before: one cell's error ended a sequential sweep with the bare error, naming no cell."""
+    from dsbs.experiment import SweepFailed
+
+    recipe = load_recipe(str(tiny_recipe(tmp_path, tiny_causal, methods=["standard"], fractions=[1.0], seeds=[0],
+                                         variants={"nosplit": {"train_split": "nosuch"}, "": {}})))
+    with pytest.raises(SweepFailed, match=r"1 run\(s\) failed:\ndemo-standard-.*-s0-nosplit-\w+: "):
+        run_experiment(recipe)
+    lines = read_appended_jsonl(Path(recipe.output) / "results.jsonl")
+    assert [r["variant"] for r in lines] == [""]
+
+
 def test_teacher_labelled_runs_are_compared_with_distillation():
     from dsbs.report import group_results, markdown
 

@@ -196,7 +196,7 @@ def test_dsbs_without_enough_rationales_stops_with_the_counts(tmp_path, tiny_cau
     """Before: dsbs on rows without rationales trained label-only while its card claimed a rationale loss."""
     data = rows_with_rationales(tmp_path, 20, 3)
     task = TaskConfig(task=str(data), input_field="text", label_field="sentiment", rationale_field="why")
-    with pytest.raises(DataError, match=r"only 3 of 18 training rows have one \(field 'why' \(--rationale-field.*"
+    with pytest.raises(DataError, match=r"only 3 of its 18 training examples have one \(field 'why' \(--rationale-fie.*"
                                         r"--allow-missing-rationales"):
         train(task, tiny_train(tiny_causal, tmp_path / "refused", method="dsbs"))
     train(task, tiny_train(tiny_causal, tmp_path / "run", method="dsbs", allow_missing_rationales=True))
@@ -209,6 +209,20 @@ def test_dsbs_without_enough_rationales_stops_with_the_counts(tmp_path, tiny_cau
     assert "| loss | label only: no training example had a rationale |" in card
 
 
+def test_partly_labelled_rows_validate_and_count_only_where_labelled(tmp_path, tiny_causal):
+    """Before: with half the rows unlabelled, --rationales agreeing stopped ("8 of 18 rows have one") though
+    every example it trains has one; validation was drawn from all rows and lost its unlabelled ones; the
+    budget counted unlabelled rows as labelled ones."""
+    rows = [[f"ticket {i}", ("high" if i % 2 else "low") if i < 10 else "", f"because {i} says so",
+             "high" if i % 2 else "low"] for i in range(20)]
+    data = write_csv(tmp_path / "tickets.csv", ["text", "priority", "why", "teacher"], rows)
+    task = TaskConfig(task=str(data), input_field="text", label_field="priority", rationale_field="why",
+                      teacher_label_field="teacher")
+    summary = train(task, tiny_train(tiny_causal, tmp_path / "run", method="dsbs", rationales="agreeing"))
+    assert summary["validation_examples"] == 1 and summary["budget_rows"] == 10  # 9 train + 1 validation
+    assert summary["train_examples"] == summary["rationale_examples"] == 9
+
+
 def test_skipped_rows_are_reported_with_their_lines_and_written_down(tmp_path, tiny_causal, capfd):
     """Before: a CSV row with an empty label was skipped with a count only."""
     data = rows_with_rationales(tmp_path, 20, 20, empty_label_at=5)
@@ -219,7 +233,7 @@ def test_skipped_rows_are_reported_with_their_lines_and_written_down(tmp_path, t
     [note] = [json.loads(line) for line in (tmp_path / "run" / "skipped.jsonl").read_text().splitlines()]
     assert note["where"].endswith("rows.csv:7") and note["missing"] == ["gold label"] and note["dropped"]
     missing = write_csv(tmp_path / "nolabel.csv", ["text"], [["a"], ["b"], ["c"]])
-    with pytest.raises(DataError, match=r"it learns gold labels, and none of the 2 training rows has what it needs "
+    with pytest.raises(DataError, match=r"it learns gold labels, and none of the 3 training rows has what it needs "
                                         r"\(label: field 'label' \(--label-field; the fields are: text\)"):
         train(TaskConfig(task=str(missing), input_field="text"), tiny_train(tiny_causal, tmp_path / "x",
                                                                                method="standard"))
@@ -309,3 +323,5 @@ def test_every_sample_is_kept_and_agreeing_rationales_train(tmp_path, tiny_causa
         run / "model" / "README.md").read_text()
     with pytest.raises(ConfigError, match="unlabeled setting has no gold labels"):
         tiny_train(tiny_causal, tmp_path / "x", rationales="agreeing", label_source="teacher")
+    with pytest.raises(ConfigError, match="standard learns none"):  # before: accepted and silently ignored
+        tiny_train(tiny_causal, tmp_path / "x", rationales="all-agreeing", method="standard")

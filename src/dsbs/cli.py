@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     except SweepFailed as err:  # each failure was printed as it happened
         print(f"dsbs: error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `dsbs ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 141
     except (OSError, sqlite3.Error) as err:  # a full disk, a read-only directory: the system's words suffice
         print(f"dsbs: error: {type(err).__name__}: {err}", file=sys.stderr)
         return 1

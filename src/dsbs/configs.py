@@ -138,7 +138,10 @@ class TrainConfig:
         if self.fsdp and self.lora_rank:
             raise ConfigError("--fsdp and --lora-rank do not combine here: LoRA's frozen base is light enough "
                               "to replicate")
-        if self.rationales != "all" and (self.method == "distill" or self.label_source == "teacher"):
+        if self.rationales != "all" and self.method in ("standard", "distill"):
+            raise ConfigError(f"--rationales {self.rationales} chooses the rationales a method learns from, and "
+                              f"{self.method} learns none: leave --rationales at all")
+        if self.rationales != "all" and self.label_source == "teacher":
             raise ConfigError(f"--rationales {self.rationales} compares the teacher's label with the gold one; the "
                               "unlabeled setting has no gold labels to compare with: use --rationales all")
         if self.pool_size is not None and self.pool_size < 1:

@@ -21,11 +21,12 @@ import re
 import shutil
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsbs.configs import TrainConfig, option
-from dsbs.errors import ConfigError, DataError
+from dsbs.errors import ConfigError, DataError, UserError
 from dsbs.files import append_line, exclusive, write_atomic
 from dsbs.methods import METHOD_NAMES
 from dsbs.names import DEFAULT_STUDENT
@@ -315,8 +316,16 @@ def sweep(recipe: Recipe, jobs: int, deadline: float | None, on_result) -> list[
         errors = run_parallel(recipe, todo, jobs, deadline, record)
     else:
         for run in todo:
-            print(f"[{len(done & mine) + 1}/{len(runs)}] {Path(recipe.configs(run)[1].output).name}", flush=True)
-            record(run_cell(recipe, run))
+            name = Path(recipe.configs(run)[1].output).name
+            print(f"[{len(done & mine) + 1}/{len(runs)}] {name}", flush=True)
+            try:
+                record(run_cell(recipe, run))
+            except Exception as err:  # noqa: BLE001 - as in parallel: the other cells go on, this one is named
+                if isinstance(err, UserError):
+                    print(f"{name}: {err}", file=sys.stderr)
+                else:  # a bug: its traceback
+                    traceback.print_exc()
+                errors.append(f"{name}: {type(err).__name__}: {err}")
     print(f"{len(new)} run(s) done now, {already} were already done, {len(runs) - len(done & mine)} left; "
           f"results in {results_path}")
     if errors:

@@ -40,21 +40,35 @@ from dsbs.tasks.common import Task, split_validation, subsample
 __all__ = ["TrainConfig", "train"]
 
 
-def select_rows(pool: list, config: TrainConfig) -> tuple[list, list]:
+def select_rows(pool: list, config: TrainConfig, can_validate=lambda row: True) -> tuple[list, list]:
     """(training rows, validation rows) of a run.
 
     The paper's order (its run.py): cap the pool (one fixed draw, seed 0, for every seed), take the
     seeded fraction, then hold out validation from that subsample, so that a run at a small
     fraction selects on no more labelled rows than its budget holds. The ``pool`` order (dsbs before
     0.2) holds validation out of the whole pool first: every fraction then selects on the same rows.
+    Validation is held out of the rows that ``can_validate`` (those with the run's label): the others
+    would be lost to it (where every row has one, the split is split_validation's).
     """
     if config.split_order == "pool":
-        train_rows, val_rows = split_validation(pool, config.val_fraction, seed=0)
+        train_rows, val_rows = hold_out(pool, config.val_fraction, can_validate)
         train_rows = subsample(cap_pool(train_rows, config.pool_size), config.data_fraction, config.seed)
     else:
         chosen = subsample(cap_pool(pool, config.pool_size), config.data_fraction, config.seed)
-        train_rows, val_rows = split_validation(chosen, config.val_fraction, seed=0)
+        train_rows, val_rows = hold_out(chosen, config.val_fraction, can_validate)
     return train_rows, val_rows[: config.eval_limit] if config.eval_limit else val_rows
+
+
+def hold_out(rows: list, fraction: float, can_validate) -> tuple[list, list]:
+    """(train, validation): split_validation of the rows that ``can_validate``; every other row trains."""
+    _, val_rows = split_validation([row for row in rows if can_validate(row)], fraction, seed=0)
+    held = {id(row) for row in val_rows}
+    return [row for row in rows if id(row) not in held], val_rows
+
+
+def labelled_rows(rows: list, method: Method, label_source: str) -> int:
+    """Rows with the label the run learns (gold, or the teacher's in the unlabeled setting)."""
+    return sum(training_label(row, method, label_source) is not None for row in rows)
 
 
 def cap_pool(rows: list, pool_size: int | None) -> list:
@@ -107,14 +121,18 @@ def check_training_rows(task: Task, method: Method, config: TrainConfig, rows: l
                         f"{fields[label_part]})")
     if method.rationale == "none" or config.allow_missing_rationales:
         return
-    if with_rationale < RATIONALE_MIN_SHARE * len(rows):
-        selected = (f"; --rationales {config.rationales} kept only those whose label is the gold one"
-                    if config.rationales != "all" else "")
-        raise DataError(
-            f"{config.method} learns from rationales, but only {with_rationale} of {len(rows)} training rows have "
-            f"one ({fields['rationale']}{selected}). Let a teacher write them (dsbs teach --task YOUR_TASK --output "
-            "runs/teach, then dsbs train --task runs/teach), name the right field, or pass --allow-missing-rationales "
-            "to train anyway" + (" (rows without one learn the label alone)" if method.rationale == "task" else ""))
+    # the share of the examples that train, not of the rows: rows dropped for want of a label do not count
+    if with_rationale < RATIONALE_MIN_SHARE * len(groups):
+        anyway = (" or pass --allow-missing-rationales to train anyway"
+                  + (" (examples without one learn the label alone)" if method.rationale == "task" else ""))
+        if config.rationales != "all":
+            advice = (f"--rationales {config.rationales} keeps a rationale only where the teacher's label is the gold "
+                      "one: use --rationales all,")
+        else:
+            advice = ("Let a teacher write them (dsbs teach --task YOUR_TASK --output runs/teach, then dsbs train "
+                      "--task runs/teach), name the right field,")
+        raise DataError(f"{config.method} learns from rationales, but only {with_rationale} of its {len(groups)} "
+                        f"training examples have one ({fields['rationale']}). {advice}{anyway}")
 
 
 def write_skipped(path: Path, notes: list[dict]) -> None:
@@ -346,12 +364,12 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
     # Data: the pool, a fixed validation split for model selection, then the seeded fraction.
     task, method = get_task(task_config), get_method(config.method)
     pool = task.load(config.train_split or task.train_split)
-    train_rows, val_rows = select_rows(pool, config)
+    train_rows, val_rows = select_rows(
+        pool, config, lambda row: training_label(row, method, config.label_source) is not None)
     train_rows = select_rationales(train_rows, config.rationales, task.labels_match)
     groups, notes = training_groups(train_rows, method, config.label_source)
     rationale_examples = len(groups) - sum(not n["dropped"] and "rationale" in n["missing"] for n in notes)
     check_training_rows(task, method, config, train_rows, groups, rationale_examples)
-    val_rows = [e for e in val_rows if training_label(e, method, config.label_source) is not None]
     model, tokenizer, lora = build_student(config, checkpoint, accelerator)
     seq2seq = is_seq2seq(model.config)
     # under FSDP a seq2seq shared pass could run a task's decoder on some processes and not others
@@ -380,7 +398,8 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
               max_steps=max_steps,
               save_interval=config.save_interval or config.eval_interval or max(1, max_steps // 10),
               precision=resolve_precision(config.precision, accelerator.device.type), seq2seq=seq2seq, shared=shared,
-              keep_model=kept_step(config.keep_model, len(val_rows)), budget_rows=len(train_rows) + len(val_rows),
+              keep_model=kept_step(config.keep_model, len(val_rows)),
+              budget_rows=labelled_rows(train_rows, method, config.label_source) + len(val_rows),
               clock=PhaseClock(accelerator.device.type, on=config.phase_times))
     if checkpoint:
         restore(run, checkpoint)
@@ -734,6 +753,7 @@ def finish(run: Run, meter: Meter, seconds: float) -> dict:
     last_weights = gather(run.model, run.optimizer, run.config.fsdp)[0] if run.best["accuracy"] is None else None
     summary = {"steps": run.step, "max_steps": run.max_steps, "best_validation_accuracy": run.best["accuracy"],
                "best_step": run.best["step"], "train_examples": len(run.features),
+               "rationale_examples": run.meta["rationale_examples"], "rationale_selection": run.config.rationales,
                "validation_examples": len(run.val_rows), "budget_rows": run.budget_rows,
                "kept_step": run.keep_model, "split_order": run.config.split_order,
                "validation_labels": run.method.labels if run.method.labels != "chosen" else run.config.label_source,

@@ -75,7 +75,8 @@ def own_instruction(marker: str, labels: tuple[str, ...] | None, equation: bool)
     text = f"Answer the question. Reason step by step, then end with '{marker}' and the answer."
     if labels:  # in quotes where a label holds a comma, so that it reads as one label
         quoted = any("," in label or '"' in label for label in labels)
-        text += f" The answer is one of: {', '.join(json.dumps(x) if quoted else x for x in labels)}."
+        named = (json.dumps(label, ensure_ascii=False) if quoted else label for label in labels)
+        text += f" The answer is one of: {', '.join(named)}."
     elif equation:
         text += " The answer is an arithmetic expression of numbers, + - * / and parentheses."
     return text

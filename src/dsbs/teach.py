@@ -546,7 +546,6 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     else:
         answers, stats = ask_pending(teacher, requests, cache, config, config.samples, on_answer)
     bar.close()
-    stats.update(parsed)
     records = [record_for(task, config, i, row, [answers[(i, s)] for s in range(config.samples)])
                for i, row in enumerate(rows)]
     files, details = write_outputs(task_config, task, split, records, output)
@@ -569,7 +568,7 @@ def batch_answers(requests: list[tuple[int, dict]], cache, config: TeachConfig, 
     from dsbs.batch import custom_id, ingest_file, run_batches
 
     answers, pending = split_cached(requests, cache, config, config.samples)
-    stats = Counter(cached=len(answers))
+    stats = Counter()
     if config.ingest:
         counts = ingest_file(config.ingest, pending, cache, reply_limit(config))
         stats["ingest_lines"] = {k: v for k, v in counts.items() if k != "error_details"}
@@ -587,8 +586,6 @@ def batch_answers(requests: list[tuple[int, dict]], cache, config: TeachConfig, 
     for i, s, _, key in pending:
         got = cache.get(key)
         answers[(i, s)] = got or {"error": errors.get(custom_id(key, s), missing)}
-        stats["failed" if got is None else "answered"] += 1
-        stats["cut_replies"] += bool(got and got.get("cut"))
     return answers, stats
 
 

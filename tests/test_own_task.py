@@ -199,6 +199,8 @@ def test_dsbs_without_enough_rationales_stops_with_the_counts(tmp_path, tiny_cau
     with pytest.raises(DataError, match=r"only 3 of its 18 training examples have one \(field 'why' \(--rationale-fie.*"
                                         r"--allow-missing-rationales"):
         train(task, tiny_train(tiny_causal, tmp_path / "refused", method="dsbs"))
+    with pytest.raises(DataError, match=r"single_task learns from rationales, but only 3 of its 18 training"):
+        train(task, tiny_train(tiny_causal, tmp_path / "refused", method="single_task"))
     train(task, tiny_train(tiny_causal, tmp_path / "run", method="dsbs", allow_missing_rationales=True))
     card = (tmp_path / "run" / "model" / "README.md").read_text()
     assert "| loss | 0.5 x label + 0.5 x rationale |" in card and "3 of 18 training examples have one" in card

@@ -105,11 +105,20 @@ def test_samples_at_temperature_zero_are_refused_and_duplicated_rows_are_asked_o
     # counted as sent and billed: once per request (before: 3 requests and every row's copy of its tokens)
     assert dry["requests"] == summary["requests_made"] == summary["this_run"]["requests"] == 2
     assert summary["completion_tokens"] == summary["this_run"]["completion_tokens"] == 2 * 7
+    assert teach(task, config(server, tmp_path, zero_shot=True, dry_run=True))["answers_in_cache"] == 2
+    # the teacher writing exemplars for equal labelled rows: asked once each, counted once each
+    path.write_text(path.read_text() + "Broke at once,negative\n")
+    with FakeOpenAI(answer=lambda item, attempt: "It says so. So the answer is positive.") as server:
+        dry = teach(task, config(server, tmp_path / "shots", exemplars=2, dry_run=True))
+        summary = teach(task, config(server, tmp_path / "shots", exemplars=2))
+        sent = sum(server.requests.values())
+    assert sent == 4 and dry["requests"] == summary["requests_made"] == 4
+    assert dry["exemplar_requests"] == summary["this_run"]["exemplar_requests"] == 2
     # a failed request says nothing of the teacher: its row is a failed item, not a wrong answer (before: 2/3)
     with FakeOpenAI(script=lambda item, attempt: "500" if "Broke" in item else "ok",
                     answer=lambda item, attempt: "It says so. So the answer is positive.") as server:
         summary = teach(task, config(server, tmp_path / "failing", zero_shot=True, max_retries=0))
-    assert summary["failed_items"] == 1 and summary["teacher_accuracy"] == 1.0
+    assert summary["failed_items"] == 2 and summary["teacher_accuracy"] == 1.0  # both "Broke at once" rows
     assert summary["teacher_accuracy_rows"] == 2
     rows = read_jsonl(tmp_path / "teach" / "train.jsonl")
     assert [r["rationale"] for r in rows] == ["It says so."] * 3

@@ -311,7 +311,7 @@ def cancel_batches(config, output: Path) -> dict:
     api, state = BatchAPI(config), read_state(output)
     cancelled, refused = [], {}
     for batch in [b for b in state["batches"] if "id" not in b]:  # its create's reply was lost: it may run
-        made = api.find(batch["input_file_id"], batch.get("uploaded_at"))
+        made = api.retried(lambda b=batch: api.find(b["input_file_id"], b.get("uploaded_at")), "GET /batches")
         if made:
             batch.update(id=made["id"], status=made["status"])
             write_state(output, state)

@@ -436,7 +436,7 @@ def teacher_exemplars(task, config: TeachConfig, rows, teacher: Teacher | None, 
     if teacher is not None and pending:  # else a dry run (placeholders for the rest), or all in the cache
         print(f"writing exemplars: the teacher explains {len(pending)} labelled rows", file=sys.stderr)
         answers, _ = ask_pending(teacher, requests, cache, config, samples=1)
-        teacher.exemplar_spend = spend(answers[(i, 0)] for i, _, _, _ in pending)
+        teacher.exemplar_spend = spend({key: answers[(i, 0)] for i, _, _, key in pending}.values())
     exemplars = []
     for i, row in enumerate(candidates):
         answer = answers.get((i, 0), {"text": PLACEHOLDER_RATIONALE})
@@ -472,14 +472,14 @@ def dry_run(task_config: TaskConfig, config: TeachConfig) -> dict:
     cache = AnswerCache(path) if path.is_file() else NoCache()
     spec, prompt_source = teacher_prompt(task, config, split_rows, None, cache)
     requests = [(i, make_request(config, spec, row.input)) for i, row in enumerate(rows)]
-    answers, pending = split_cached(requests, cache, config, config.samples)
+    _, pending = split_cached(requests, cache, config, config.samples)
     to_write = []
     if prompt_origin(task, config, split_rows) == "teacher":
-        to_write = [r for _, _, r, _ in split_cached(exemplar_requests(task, config, split_rows)[1], cache, config,
-                                                     1)[1]]
+        to_write = distinct_requests(split_cached(exemplar_requests(task, config, split_rows)[1], cache, config, 1)[1])
     count, tokenizer, exact = token_counter(config)
-    result = estimate(distinct_requests(pending), len(answers), [a for _, a in spec.exemplars], config, count,
-                      tokenizer, exact and not to_write, live_only=to_write)
+    result = estimate(distinct_requests(pending), distinct_cached(requests, pending, config),
+                      [a for _, a in spec.exemplars], config, count, tokenizer, exact and not to_write,
+                      live_only=to_write)
     result |= {"prompt": prompt_source, "exemplar_requests": len(to_write)}
     if to_write:
         result["prompt_tokens_note"] = (f"{len(to_write)} requests first ask the teacher to write exemplars; the "
@@ -595,14 +595,20 @@ def live_estimate(requests: list[tuple[int, dict]], cache, config: TeachConfig, 
     count, tokenizer, exact = token_counter(config, build_student=False)
     if count is None:
         return None
-    answers, pending = split_cached(requests, cache, config, config.samples)
-    return estimate(distinct_requests(pending), len(answers), [a for _, a in spec.exemplars], config, count,
-                    tokenizer, exact)
+    _, pending = split_cached(requests, cache, config, config.samples)
+    return estimate(distinct_requests(pending), distinct_cached(requests, pending, config),
+                    [a for _, a in spec.exemplars], config, count, tokenizer, exact)
 
 
 def distinct_requests(pending: list) -> list[dict]:
     """The requests of (row, sample, request, key) items, each key once: equal inputs are asked (and paid) once."""
     return list({key: request for _, _, request, key in pending}.values())
+
+
+def distinct_cached(requests: list[tuple[int, dict]], pending: list, config: TeachConfig) -> int:
+    """Distinct requests of ``requests`` that the cache answers (``pending``: those it does not)."""
+    keys = {request_key(config, request, s) for _, request in requests for s in range(config.samples)}
+    return len(keys) - len({key for *_, key in pending})
 
 
 def spend(answers) -> Counter:

@@ -121,8 +121,10 @@ def check_training_rows(task: Task, method: Method, config: TrainConfig, rows: l
                         f"{fields[label_part]})")
     if method.rationale == "none" or config.allow_missing_rationales:
         return
-    # the share of the examples that train, not of the rows: rows dropped for want of a label do not count
-    if with_rationale < RATIONALE_MIN_SHARE * len(groups):
+    # a share of what can train, not of all rows (a row without the run's label does not count): dsbs's examples;
+    # single_task drops a row without a rationale, so its share is of the rows with the run's label
+    able = len(groups) if method.rationale == "task" else labelled_rows(rows, method, config.label_source)
+    if with_rationale < RATIONALE_MIN_SHARE * able:
         anyway = (" or pass --allow-missing-rationales to train anyway"
                   + (" (examples without one learn the label alone)" if method.rationale == "task" else ""))
         if config.rationales != "all":
@@ -131,7 +133,7 @@ def check_training_rows(task: Task, method: Method, config: TrainConfig, rows: l
         else:
             advice = ("Let a teacher write them (dsbs teach --task YOUR_TASK --output runs/teach, then dsbs train "
                       "--task runs/teach), name the right field,")
-        raise DataError(f"{config.method} learns from rationales, but only {with_rationale} of its {len(groups)} "
+        raise DataError(f"{config.method} learns from rationales, but only {with_rationale} of its {able} "
                         f"training examples have one ({fields['rationale']}). {advice}{anyway}")
 
 

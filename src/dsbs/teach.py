@@ -538,7 +538,7 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
         from dsbs.batch import write_request_file
 
         return write_request_file(config.batch_file, split_cached(requests, cache, config, config.samples)[1], config)
-    keys = {(i, s): request_key(config, request, s) for i, request in requests for s in range(config.samples)}
+    keys = request_keys(requests, config)
     new = {key for key in set(keys.values()) if cache.get(key) is None}
     expected = live_estimate(requests, cache, config, spec)
     if config.batch or config.ingest:
@@ -607,8 +607,12 @@ def distinct_requests(pending: list) -> list[dict]:
 
 def distinct_cached(requests: list[tuple[int, dict]], pending: list, config: TeachConfig) -> int:
     """Distinct requests of ``requests`` that the cache answers (``pending``: those it does not)."""
-    keys = {request_key(config, request, s) for _, request in requests for s in range(config.samples)}
-    return len(keys) - len({key for *_, key in pending})
+    return len(set(request_keys(requests, config).values())) - len({key for *_, key in pending})
+
+
+def request_keys(requests: list[tuple[int, dict]], config: TeachConfig) -> dict:
+    """(row, sample) -> the cache key of its request."""
+    return {(i, s): request_key(config, request, s) for i, request in requests for s in range(config.samples)}
 
 
 def spend(answers) -> Counter:

@@ -292,7 +292,8 @@ def test_a_full_disk_stops_the_run_cleanly_and_keeps_what_was_stored(tmp_path):
 
 
 def test_ctrl_c_cancels_requests_not_yet_sent(tmp_path):
-    with FakeOpenAI(delay=0.1) as server:
+    # Slow answers give a loaded machine a whole second to deliver the signal before request 8 could start.
+    with FakeOpenAI(delay=0.5) as server:
         args = ["teach", "--task", "demo", "--limit", "40", "--backend", "openai", "--base-url", server.url,
                 "--model", "fake", "--concurrency", "2", "--output", str(tmp_path)]
         process = subprocess.Popen([sys.executable, "-m", "dsbs", *args], stdout=subprocess.DEVNULL,
@@ -305,6 +306,7 @@ def test_ctrl_c_cancels_requests_not_yet_sent(tmp_path):
         time.sleep(0.3)
         sent = sum(server.requests.values())
         assert sent <= 4 + 2 + 1  # what had started; the 34 others were never sent
+        server.delay = 0.0
         summary = json.loads(run_dsbs(*args).stdout)
     assert summary["answers_from_cache"] >= 4 and summary["items"] == 40
 

@@ -49,7 +49,7 @@ def test_a_batch_run_writes_what_a_live_run_writes(tmp_path):
     assert summary["route"] == "batch" and summary["failed_items"] == 0 and summary["items"] == LIMIT
     state = json.loads((tmp_path / "teach" / "batches.json").read_text())
     assert state["batches"][0]["counts"] == {"stored": LIMIT, "already_stored": 0, "errors": 0, "unknown": 1,
-                                             "duplicates": 1}
+                                             "duplicates": 1, "cut_off": 0}
     assert "batch route" in (tmp_path / "teach" / "README.md").read_text()
     lines = server.batch.files[state["batches"][0]["input_file_id"]].splitlines()
     assert {json.loads(line)["url"] for line in lines} == {"/v1/completions"}
@@ -215,6 +215,18 @@ def test_cancel_goes_on_past_a_batch_that_ended_meanwhile(tmp_path):
         assert server.batch.batches["batch-1"]["status"] == "cancelling"
 
 
+def write_vllm_results(path, requests) -> None:
+    """What `vllm run-batch` writes for these request lines."""
+    with open(path, "w") as f:
+        for n, line in enumerate(requests):
+            body = {"id": f"cmpl-{n}", "object": "text_completion", "model": "m",
+                    "choices": [{"index": 0, "text": " Count them. So the answer is 7.", "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20}}
+            f.write(json.dumps({"id": f"vllm-{n}", "custom_id": line["custom_id"],
+                                "response": {"status_code": 200, "request_id": f"r{n}", "body": body},
+                                "error": None}) + "\n")
+
+
 def test_an_offline_request_file_runs_through_ingest(tmp_path):
     """--batch-file writes what vllm run-batch reads; --ingest reads back what it writes."""
     requests = tmp_path / "requests.jsonl"
@@ -225,15 +237,8 @@ def test_an_offline_request_file_runs_through_ingest(tmp_path):
     assert written["requests_written"] == LIMIT
     lines = read_jsonl(requests)
     assert {line["method"] for line in lines} == {"POST"} and len({line["custom_id"] for line in lines}) == LIMIT
-    results = tmp_path / "results.jsonl"  # vllm run-batch's format, in another order
-    with open(results, "w") as f:
-        for n, line in enumerate(reversed(lines)):
-            body = {"id": f"cmpl-{n}", "object": "text_completion", "model": "m",
-                    "choices": [{"index": 0, "text": " Count them. So the answer is 7.", "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 12, "completion_tokens": 8, "total_tokens": 20}}
-            f.write(json.dumps({"id": f"vllm-{n}", "custom_id": line["custom_id"],
-                                "response": {"status_code": 200, "request_id": f"r{n}", "body": body},
-                                "error": None}) + "\n")
+    results = tmp_path / "results.jsonl"  # in another order
+    write_vllm_results(results, reversed(lines))
     from dsbs.errors import DataError
 
     with pytest.raises(DataError, match="none of its 8 answers is for a request of this run"):
@@ -247,3 +252,28 @@ def test_an_offline_request_file_runs_through_ingest(tmp_path):
     assert summary["route"] == "ingest" and summary["failed_items"] == 0 and summary["completion_tokens"] == 8 * LIMIT
     assert summary["answers_from_cache"] == LIMIT - 2
     assert all(r["teacher_label"] == "7" and r["rationale"] == "Count them." for r in rows)
+
+
+def test_a_results_file_cut_off_mid_line_keeps_its_whole_lines_and_asks_the_cut_one_again(tmp_path, capsys):
+    """A killed `vllm run-batch` leaves a last line without its end: before, the ingest stopped there and
+    wrote nothing."""
+    import dataclasses
+
+    from dsbs.errors import DataError
+
+    config = TeachConfig(backend="openai", model="m", limit=LIMIT, output=str(tmp_path / "teach"))
+    requests = tmp_path / "requests.jsonl"
+    teach(DEMO, dataclasses.replace(config, batch_file=str(requests)))
+    results = tmp_path / "results.jsonl"
+    write_vllm_results(results, read_jsonl(requests))
+    whole = results.read_text()
+    results.write_text(whole[: whole.rindex("\n", 0, -1) + 40])  # the last line's first 40 characters
+    summary = teach(DEMO, dataclasses.replace(config, ingest=str(results)))
+    assert summary["failed_items"] == 1 and summary["ingest_lines"]["cut_off"] == 1
+    assert f"{results}:{LIMIT}: the last line is cut off" in capsys.readouterr().err
+    again = teach(DEMO, dataclasses.replace(config, batch_file=str(tmp_path / "rest.jsonl")))
+    assert again["requests_written"] == 1  # only the cut one is asked again
+    lines = whole.splitlines(keepends=True)
+    results.write_text("".join(lines[:2]) + lines[2][:40] + "\n" + "".join(lines[3:]))  # a broken line inside
+    with pytest.raises(DataError, match=f"{results}:3: not a batch result line"):
+        teach(DEMO, dataclasses.replace(config, ingest=str(results)))

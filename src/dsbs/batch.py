@@ -88,8 +88,9 @@ def answer_of(result: dict, limit: int) -> tuple[dict | None, str | None]:
 def ingest_lines(lines, wanted: set[str], cache, limit: int, where: str) -> dict:
     """Store every answer of a results file whose key is wanted; counts of what each line was. An answer
     beats an error line for the same request wherever each stands (a retry's results joined to the first's);
-    of two answers the first is kept."""
-    counts = {"stored": 0, "already_stored": 0, "unknown": 0, "duplicates": 0}
+    of two answers the first is kept. A last line cut off mid-write (a results file whose writer was killed) is
+    counted and skipped: its request stays unanswered, to be asked again."""
+    counts = {"stored": 0, "already_stored": 0, "unknown": 0, "duplicates": 0, "cut_off": 0}
     errors, stored = {}, set()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -97,7 +98,14 @@ def ingest_lines(lines, wanted: set[str], cache, limit: int, where: str) -> dict
         try:
             result = json.loads(line)
             cid = result["custom_id"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except json.JSONDecodeError:
+            if line.endswith("\n"):  # only a file's last line can lack its newline
+                raise DataError(f"{where}:{number}: not a batch result line (JSON with a custom_id)") from None
+            print(f"{where}:{number}: the last line is cut off (its writer stopped mid-line); skipped, its request "
+                  "stays unanswered", file=sys.stderr)
+            counts["cut_off"] += 1
+            continue
+        except (KeyError, TypeError):
             raise DataError(f"{where}:{number}: not a batch result line (JSON with a custom_id)") from None
         key = key_of(cid)
         if key not in wanted:  # answered before (the same file ingested again), or another run's request
@@ -301,8 +309,8 @@ def collect(api: BatchAPI, batch: dict, wanted: set[str], cache, limit: int) -> 
     """Store the answers of an ended batch (a failed one has none, an expired one some)."""
     if batch["status"] == "failed" and not batch.get("output_file_id"):
         print(f"batch {batch['id']} failed at the provider; its items will be asked again", file=sys.stderr)
-    lines = [line for file_id in (batch.get("output_file_id"), batch.get("error_file_id")) if file_id
-             for line in api.content(file_id).split("\n")]
+    lines = [line + "\n" for file_id in (batch.get("output_file_id"), batch.get("error_file_id")) if file_id
+             for line in api.content(file_id).split("\n")]  # whole lines: a provider's file is never cut off
     return ingest_lines(lines, wanted, cache, limit, f"the files of batch {batch['id']}")
 
 

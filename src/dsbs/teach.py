@@ -322,11 +322,11 @@ def split_cached(requests: list[tuple[int, dict]], cache, config: TeachConfig,
     return answers, pending
 
 
-def ask_pending(teacher: Teacher, requests: list[tuple[int, dict]], cache: AnswerCache, config: TeachConfig,
-                samples: int, on_answer=None) -> tuple[dict, Counter]:
-    """Answers of every (row index, request) for each sample, from the cache or the teacher."""
-    answers, pending = split_cached(requests, cache, config, samples)
-    stats = Counter(cached=len(answers))
+def ask_pending(teacher: Teacher, cached: dict, pending: list, cache: AnswerCache, config: TeachConfig,
+                on_answer=None) -> tuple[dict, Counter]:
+    """Answers by (row, sample): ``cached`` (what the cache held, from split_cached) and the teacher's to
+    ``pending``."""
+    answers, stats = dict(cached), Counter(cached=len(cached))
     if pending:
         ask_all(teacher.started(), pending, cache, config, answers, stats, on_answer or (lambda i, answer: None))
     return answers, stats
@@ -435,7 +435,7 @@ def teacher_exemplars(task, config: TeachConfig, rows, teacher: Teacher | None, 
     answers, pending = split_cached(requests, cache, config, 1)
     if teacher is not None and pending:  # else a dry run (placeholders for the rest), or all in the cache
         print(f"writing exemplars: the teacher explains {len(pending)} labelled rows", file=sys.stderr)
-        answers, _ = ask_pending(teacher, requests, cache, config, samples=1)
+        answers, _ = ask_pending(teacher, answers, pending, cache, config)
         teacher.exemplar_spend = spend({key: answers[(i, 0)] for i, _, _, key in pending}.values())
     exemplars = []
     for i, row in enumerate(candidates):
@@ -533,18 +533,18 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
         bar.set_postfix(failed=parsed["failed"], unparsed=parsed["parse_failures"], tokens=parsed["tokens"])
 
     requests = [(i, make_request(config, spec, row.input)) for i, row in enumerate(rows)]
+    cached, pending = split_cached(requests, cache, config, config.samples)
     if config.batch_file:
         bar.close()
         from dsbs.batch import write_request_file
 
-        return write_request_file(config.batch_file, split_cached(requests, cache, config, config.samples)[1], config)
-    keys = request_keys(requests, config)
-    new = {key for key in set(keys.values()) if cache.get(key) is None}
-    expected = live_estimate(requests, cache, config, spec)
+        return write_request_file(config.batch_file, pending, config)
+    keys, new = request_keys(requests, config), {key for *_, key in pending}
+    expected = live_estimate(requests, pending, config, spec)
     if config.batch or config.ingest:
-        answers, stats = batch_answers(requests, cache, config, output)
+        answers, stats = batch_answers(cached, pending, cache, config, output)
     else:
-        answers, stats = ask_pending(teacher, requests, cache, config, config.samples, on_answer)
+        answers, stats = ask_pending(teacher, cached, pending, cache, config, on_answer)
     bar.close()
     records = [record_for(task, config, i, row, [answers[(i, s)] for s in range(config.samples)])
                for i, row in enumerate(rows)]
@@ -563,12 +563,12 @@ def _teach(task_config: TaskConfig, config: TeachConfig) -> dict:
     return summary
 
 
-def batch_answers(requests: list[tuple[int, dict]], cache, config: TeachConfig, output: Path) -> tuple:
-    """Answers from the batch route (--batch) or a results file (--ingest); what stays unanswered is a failed item."""
+def batch_answers(cached: dict, pending: list, cache, config: TeachConfig, output: Path) -> tuple:
+    """Answers from the cache, and from the batch route (--batch) or a results file (--ingest) for ``pending``;
+    what stays unanswered is a failed item."""
     from dsbs.batch import custom_id, ingest_file, run_batches
 
-    answers, pending = split_cached(requests, cache, config, config.samples)
-    stats = Counter()
+    answers, stats = dict(cached), Counter()
     if config.ingest:
         counts = ingest_file(config.ingest, pending, cache, reply_limit(config))
         stats["ingest_lines"] = {k: v for k, v in counts.items() if k != "error_details"}
@@ -589,13 +589,12 @@ def batch_answers(requests: list[tuple[int, dict]], cache, config: TeachConfig, 
     return answers, stats
 
 
-def live_estimate(requests: list[tuple[int, dict]], cache, config: TeachConfig, spec) -> dict | None:
+def live_estimate(requests: list[tuple[int, dict]], pending: list, config: TeachConfig, spec) -> dict | None:
     """The dry run's estimate for the requests about to be sent, where a tokenizer is at hand without building
     one (the summary and card put it beside the tokens the teacher reports)."""
     count, tokenizer, exact = token_counter(config, build_student=False)
     if count is None:
         return None
-    _, pending = split_cached(requests, cache, config, config.samples)
     return estimate(distinct_requests(pending), distinct_cached(requests, pending, config),
                     [a for _, a in spec.exemplars], config, count, tokenizer, exact)
 

@@ -130,3 +130,46 @@ def test_bf16_mixed_keeps_the_residual_stream_in_fp32_and_the_answers(well_train
     inputs = [e.input for e in demo.load("test")[:8]]
     answers = {p: predict(m, tok, read_meta(student), inputs) for p, (m, tok) in models.items() if p != "bf16"}
     assert answers["bf16-mixed"] == answers["fp32"]
+
+
+def test_rows_without_a_gold_label_are_left_out_of_the_score_and_none_at_all_stops(trained, tmp_path, capsys):
+    """Before: a test row without a gold label counted as wrong, so a test file whose label column had another
+    name scored 0.0 without a word (and a row with only a teacher label was scored against it)."""
+    from dsbs.errors import DataError
+
+    own = tmp_path / "own.jsonl"
+    own.write_text('{"input": "1 box of 2?", "label": "2"}\n')
+    test = tmp_path / "test.jsonl"
+    test.write_text('{"input": "2 boxes of 5?", "label": "10"}\n{"input": "3 boxes of 1?", "teacher_label": "3"}\n'
+                    '{"input": "1 box of 4?", "label": "4"}\n')
+    metrics = evaluate(trained, TaskConfig(task=str(own), test_file=str(test)), split="test")
+    assert metrics["n"] == 2 and metrics["left_out_unlabelled"] == 1 and len(metrics["correct_vector"]) == 2
+    assert f"1 of 3 rows have no gold label and are left out of the score (the first: {test}:2)" in (
+        capsys.readouterr().err)
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text('{"input": "2 boxes of 5?", "answer": "10"}\n')
+    with pytest.raises(DataError, match=r"no row has a gold label to score against \(the label: field 'label' "
+                                        r"\(--label-field; the fields are: input, answer\)"):
+        evaluate(trained, TaskConfig(task=str(own), test_file=str(renamed)), split="test")
+
+
+def test_predict_keeps_each_rows_id_and_resumes_only_into_the_same_input(trained, tmp_path):
+    """Before: a CSV row with a quoted line break was numbered by its last line, rows' ids were dropped, and
+    --resume with another input file skipped its first lines as done."""
+    from dsbs.errors import DataError
+    from dsbs.predict import predict_file
+
+    source = tmp_path / "in.csv"
+    source.write_text('id,input\nr1,"2 boxes\nof 5?"\nr2,3 boxes of 1?\n')
+    out = tmp_path / "out.jsonl"
+    predict_file(trained, str(source), str(out))
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["line"], r["id"], r["input"]) for r in rows] == [(2, "r1", "2 boxes\nof 5?"), (4, "r2", "3 boxes of 1?")]
+    other = tmp_path / "other.csv"
+    other.write_text('id,input\nr1,"2 boxes\nof 5?"\nr2,7 boxes of 7?\nr3,1 box of 1?\n')
+    with pytest.raises(DataError, match="line 4 was answered for another input"):
+        predict_file(trained, str(other), str(out), resume=True)
+    broken = tmp_path / "broken.csv"
+    broken.write_bytes(b"input\n2 boxes of 5?\n" + b"caf\xe9 boxes\n" * 3)
+    with pytest.raises(DataError, match=r"broken.csv: not valid UTF-8 after the lines above"):
+        predict_file(trained, str(broken), str(tmp_path / "b.jsonl"), skip_bad_lines=True)

@@ -235,3 +235,23 @@ def test_a_service_with_choices_answers_from_each_inputs_options(trained_student
         assert status == 200 and body["predictions"][0]["label"] in options
         status, body = post(url + "/predict", {"inputs": ["Where is milk kept?"]})
         assert status == 422 and "inputs[0]: no answer choices" in body["detail"]
+
+
+def test_a_row_makes_its_text_as_in_training_and_health_says_how(trained_student, tmp_path):
+    """Before: serve took texts only, so a client of a student trained with --input-template had to know the
+    template, which nothing published."""
+    import shutil
+
+    student = tmp_path / "templated"
+    shutil.copytree(trained_student, student)
+    meta = json.loads((student / "dsbs.json").read_text())
+    meta["task_config"] = {**(meta.get("task_config") or {}), "input_template": "{what} in {boxes} boxes?"}
+    (student / "dsbs.json").write_text(json.dumps(meta))
+    with running(ServeConfig(model=str(student), max_inputs=8, max_input_chars=200)) as url:
+        health = json.loads(urllib.request.urlopen(url + "/health").read())
+        assert health["input"] == {"template": "{what} in {boxes} boxes?"}
+        status, by_row = post(url + "/predict", {"inputs": [{"what": "3 apples", "boxes": 4}], "rationale": True})
+        _, by_text = post(url + "/predict", {"inputs": ["3 apples in 4 boxes?"], "rationale": True})
+        assert status == 200 and by_row["predictions"] == by_text["predictions"]
+        status, refused = post(url + "/predict", {"inputs": ["ok", {"what": "3 apples"}]})
+        assert status == 422 and "inputs[1]: missing field 'boxes' used by --input-template" in refused["detail"]

@@ -106,8 +106,9 @@ def model_card(meta: dict) -> str:
     if meta.get("engine"):  # an export holds the engine's files, not transformers weights: its note says how to load
         return "\n".join(lines)
     lines += ["## Load with plain transformers", "", "```python", *loading_snippet(meta), "```", "",
-              "Or `dsbs predict --model DIR --input in.jsonl --output out.jsonl`, or `dsbs serve --model DIR`: both "
-              "read the task's fields and label set from `dsbs.json`.", ""]
+              "Or `dsbs predict --model DIR --input in.jsonl --output out.jsonl`, or `dsbs serve --model DIR` (POST "
+              "/predict takes texts as they are, or rows): both make a row's text from the task's fields and read "
+              "its label set from `dsbs.json`.", ""]
     return "\n".join(lines)
 
 

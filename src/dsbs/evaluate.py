@@ -1,12 +1,14 @@
 """`dsbs evaluate`: label-only generation on a split, scored by the task's metric."""
 
 import json
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from dsbs.files import write_atomic
 from dsbs.tasks import TaskConfig, get_task, student_task_config
+from dsbs.tasks.common import DataError
 
 
 def teacher_vector(task, rows) -> str | None:
@@ -38,6 +40,20 @@ def log_to_tracker(model_dir: Path, meta: dict, metrics: dict) -> None:
         tracker.finish()
 
 
+def scored_rows(task, split: str, limit: int | None) -> tuple[list, int]:
+    """(the rows of ``split`` with a gold label to score against, how many without one were left out)."""
+    rows = task.load(split)[:limit] if limit else task.load(split)
+    labelled = [row for row in rows if row.label is not None]
+    if not labelled:
+        raise DataError(f"{task.name} [{split}]: no row has a gold label to score against (the label: "
+                        f"{task.fields()['label']})")
+    if len(labelled) < len(rows):
+        first = next(row for row in rows if row.label is None)
+        print(f"{len(rows) - len(labelled)} of {len(rows)} rows have no gold label and are left out of the score "
+              f"(the first: {first.where or first.id})", file=sys.stderr)
+    return labelled, len(rows) - len(labelled)
+
+
 def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, limit: int | None = None,
              batch_size: int = 16, output: str | None = None, with_rationale: bool = False,
              precision: str = "fp32", choices: bool = False) -> dict:
@@ -50,7 +66,7 @@ def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, 
     task_config = student_task_config(meta, task_config)  # the student's own task, with any flag given on top
     task = get_task(task_config)
     split = split or task.test_split
-    rows = task.load(split)[:limit] if limit else task.load(split)
+    rows, unlabelled = scored_rows(task, split, limit)
     model, tokenizer = load_student(model_dir, for_inference=True, precision=precision)
     started = time.perf_counter()
     inputs = [e.input for e in rows]
@@ -59,8 +75,8 @@ def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, 
     seconds = time.perf_counter() - started
     records, correct, failures = [], 0, 0
     for example, prediction in zip(rows, predictions, strict=True):
-        gold = example.label if example.label is not None else example.teacher_label
-        ok = gold is not None and task.labels_match(prediction["label"], gold)
+        gold = example.label
+        ok = task.labels_match(prediction["label"], gold)
         valid = task.label_is_valid(prediction["label"])
         correct += ok
         failures += not valid
@@ -68,7 +84,7 @@ def evaluate(model_dir: str, task_config: TaskConfig, split: str | None = None, 
                         "correct": ok, "parsed": valid})
     # per item, in test order: a report rebuilds paired statistics from these alone
     vector = "".join("1" if r["correct"] else "0" for r in records)
-    metrics = {"accuracy": correct / len(rows) if rows else 0.0, "n": len(rows), "correct": correct,
+    metrics = {"accuracy": correct / len(rows), "n": len(rows), "correct": correct, "left_out_unlabelled": unlabelled,
                "correct_vector": vector, "teacher_correct_vector": teacher_vector(task, rows),
                "clusters": cluster_indices(rows),
                "parse_failures": failures, "task": task.name, "split": split, "model": str(model_dir),

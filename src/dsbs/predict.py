@@ -13,7 +13,11 @@ def _records(path: Path):
     """(line number, raw row or the error that line has) of a JSONL or CSV file, streamed."""
     if path.suffix.lower() == ".csv":
         with open(path, encoding="utf-8-sig", newline="") as f:
-            yield from csv_rows(f)
+            try:
+                yield from csv_rows(f)
+            except UnicodeDecodeError as err:  # the stream cannot go on past it: the rest of the file is unread
+                raise DataError(f"{path}: not valid UTF-8 after the lines above ({err.reason}); save it as UTF-8 "
+                                "and run again with --resume") from None
         return
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -30,14 +34,15 @@ def _records(path: Path):
 
 
 def _inputs(path: Path, fields, skip_bad: bool, bad: list):
-    """(line number, student input) per usable line, built as in training; a bad line is fatal unless ``skip_bad``."""
+    """(line number, the row's id or None, student input) per usable line, built as in training; a bad line is
+    fatal unless ``skip_bad``."""
     from dsbs.tasks.custom import student_input
 
     for number, row in _records(path):
         try:
             if isinstance(row, Exception):
                 raise DataError(f"{path}:{number}: {row}")
-            yield number, student_input(row, fields, f"{path}:{number}")
+            yield number, row.get("id"), student_input(row, fields, f"{path}:{number}")
         except DataError as err:
             if not skip_bad:
                 raise
@@ -54,14 +59,25 @@ def input_fields(meta: dict, input_field: str | None, input_template: str | None
     return SimpleNamespace(input_field=recorded.get("input_field"), input_template=recorded.get("input_template"))
 
 
-def finished_lines(output: Path) -> set[int]:
-    """Input line numbers already answered in ``output``; a last line cut by a kill is dropped."""
-    done = set()
+def finished_lines(output: Path) -> dict[int, str]:
+    """Input line number -> the input answered, for the lines already in ``output``; a last line cut by a kill is
+    dropped."""
+    done = {}
     for number, record in enumerate(read_appended_jsonl(output), start=1):
         if not isinstance(record, dict) or not isinstance(record.get("line"), int):
             raise DataError(f"{output}:{number}: not a prediction line; cannot resume into this file")
-        done.add(record["line"])
+        done[record["line"]] = record.get("input")
     return done
+
+
+def not_done(lines, done: dict[int, str], output: Path):
+    """The lines ``output`` has no answer for; a line answered for another input means another input file."""
+    for number, row_id, text in lines:
+        if number not in done:
+            yield number, row_id, text
+        elif done[number] != text:
+            raise DataError(f"{output}: line {number} was answered for another input than this file's line {number}: "
+                            "--resume goes on with the same input file; choose another --output")
 
 
 def predict_file(model_dir: str, input: str, output: str, input_field: str | None = None,
@@ -99,17 +115,18 @@ def _predict_file(model_dir, path: Path, output: Path, fields: tuple, batch_size
     fields = input_fields(meta, *fields)
     task = choice_task(meta) if choices else None
     model, tokenizer = load_student(model_dir, for_inference=True, precision=precision)
-    done = finished_lines(Path(output)) if resume else set()
+    done = finished_lines(Path(output)) if resume else {}
     bad: list[str] = []
-    lines = (line for line in _inputs(path, fields, skip_bad_lines, bad) if line[0] not in done)
+    lines = not_done(_inputs(path, fields, skip_bad_lines, bad), done, Path(output))
     written = 0
     with open(output, "a" if resume else "w", encoding="utf-8") as out, tqdm(desc="predict", unit="input") as bar:
         while chunk := list(islice(lines, batch_size * 8)):
-            texts = [text for _, text in chunk]
+            texts = [text for *_, text in chunk]
             results = predict(model, tokenizer, meta, texts, with_rationale=with_rationale, batch_size=batch_size,
                               choices=label_choices(task, texts) if task else None)
-            for (number, text), result in zip(chunk, results, strict=True):
-                out.write(json.dumps({"line": number, "input": text, **result}) + "\n")
+            for (number, row_id, text), result in zip(chunk, results, strict=True):
+                row = {"line": number, **({"id": row_id} if row_id is not None else {}), "input": text}
+                out.write(json.dumps({**row, **result}) + "\n")
             out.flush()
             written += len(chunk)
             bar.update(len(chunk))

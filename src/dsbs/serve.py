@@ -191,13 +191,15 @@ async def respond(send, status: int, detail: str, headers: dict | None = None) -
 
 def request_models(max_inputs: int, max_input_chars: int):
     """The pydantic request and response bodies (their limits appear in the published schema)."""
-    from typing import Annotated
+    from typing import Annotated, Any
 
     from pydantic import BaseModel, Field
 
     class PredictRequest(BaseModel):
-        inputs: list[Annotated[str, Field(min_length=1, max_length=max_input_chars)]] = Field(
-            min_length=1, max_length=max_inputs, description="texts to label")
+        inputs: list[Annotated[str, Field(min_length=1, max_length=max_input_chars)] | dict[str, Any]] = Field(
+            min_length=1, max_length=max_inputs, description=(
+                "texts to label as they are, or rows (objects) whose fields make the text as in training and "
+                "`dsbs predict` (the student's input field or template: GET /health)"))
         rationale: bool = Field(default=False, description="also generate the rationale (slower)")
 
     class Prediction(BaseModel):
@@ -221,6 +223,18 @@ def request_models(max_inputs: int, max_input_chars: int):
     return PredictRequest, PredictResponse, ChatRequest
 
 
+def row_text(row: dict, fields, i: int) -> str:
+    """The text a row of a request makes, as training and `dsbs predict` made it; a bad row is a 422."""
+    from fastapi import HTTPException
+
+    from dsbs.tasks.custom import student_input
+
+    try:
+        return student_input(row, fields, f"inputs[{i}]")
+    except DataError as err:
+        raise HTTPException(422, str(err)) from None
+
+
 def create_app(config: ServeConfig):
     """The FastAPI app serving the student in ``config.model``, behind its Guard."""
     try:
@@ -232,8 +246,10 @@ def create_app(config: ServeConfig):
     from dsbs.checkpoint import read_meta
     from dsbs.inference import choice_task, label_choices, predict
     from dsbs.models import load_student
+    from dsbs.predict import input_fields
 
     meta = read_meta(config.model)
+    fields = input_fields(meta, None, None)
     task = choice_task(meta) if config.choices else None
     model, tokenizer = load_student(config.model, for_inference=True, precision=config.precision)
     path = Path(config.model)
@@ -256,7 +272,8 @@ def create_app(config: ServeConfig):
     app = FastAPI(title="dsbs student", version="1", lifespan=lifespan,
                   description=f"{meta['method']} student for {meta['task']}: label-only answers, no rationale tokens")
 
-    async def answer(inputs: list[str], rationale: bool) -> list[dict]:
+    async def answer(inputs: list[str | dict], rationale: bool) -> list[dict]:
+        inputs = [item if isinstance(item, str) else row_text(item, fields, i) for i, item in enumerate(inputs)]
         for i, item in enumerate(inputs):
             if not item.strip() or len(item) > config.max_input_chars:
                 raise HTTPException(422, f"inputs[{i}] must be 1 to {config.max_input_chars} characters")
@@ -274,6 +291,8 @@ def create_app(config: ServeConfig):
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": name, "method": meta["method"], "task": meta["task"],
+                "input": {"field": fields.input_field or "input"} if not fields.input_template else
+                {"template": fields.input_template},
                 "choices": task.label_choices("") if task and task.label_choices is not None and not
                 task.paper_layout else None}
 

@@ -34,7 +34,7 @@ def test_errors_name_the_dataset_split_row_and_field(tmp_path):
     arrow_dir = tmp_path / "bad"
     datasets.DatasetDict({"train": datasets.Dataset.from_list([{"question": "ok?"}, {"prompt": "no question"}])}
                          ).save_to_disk(str(arrow_dir))
-    with pytest.raises(DataError, match=r"bad \[train\] row 1: missing field 'question'"):
+    with pytest.raises(DataError, match=r"bad \[train\] row 1: empty field 'question'"):
         get_task(TaskConfig(task=str(arrow_dir), input_field="question")).load("train")
 
 

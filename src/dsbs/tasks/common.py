@@ -226,16 +226,30 @@ def read_csv(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def csv_rows(stream) -> Iterator[tuple[int, dict | ValueError]]:
-    """(line number, row, or the error of a row whose field count is not the header's) of a CSV stream opened
-    with newline="": the csv module then reads quoted line breaks itself, and U+2028 stays inside its field."""
-    reader = csv.DictReader(stream)
+    """(the line a row starts on, the row, or the error of a row whose field count is not the header's) of a CSV
+    stream opened with newline="": the csv module then reads quoted line breaks itself, and U+2028 stays inside
+    its field."""
+    seen = {"lines": 0, "start": None}
+
+    def counted():  # the reader's line_num is where a row ends; a row with a quoted line break starts before it
+        for line in stream:
+            seen["lines"] += 1
+            if seen["start"] is None and line.strip("\r\n"):
+                seen["start"] = seen["lines"]
+            yield line
+
+    reader = csv.DictReader(counted())
+    if reader.fieldnames is None:
+        return
+    seen["start"] = None
     for row in reader:
+        start, seen["start"] = seen["start"], None
         if None in row or None in row.values():
             fields = sum(v is not None for k, v in row.items() if k is not None) + len(row.get(None) or [])
-            yield reader.line_num, ValueError(f"{fields} fields where the header has {len(reader.fieldnames)} "
-                                              "(an unquoted comma or quote?)")
+            yield start, ValueError(f"{fields} fields where the header has {len(reader.fieldnames)} "
+                                    "(an unquoted comma or quote?)")
         else:
-            yield reader.line_num, row
+            yield start, row
 
 
 def read_records(path: Path) -> Iterator[tuple[int, dict]]:

@@ -7,6 +7,7 @@ default field that is absent means the rows lack it (unlabeled rows, rows withou
 
 import dataclasses
 import json
+import re
 from functools import partial
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def task_name(config) -> str:
 
 def _optional_text(row: dict, name: str, where: str) -> str | None:
     value = row.get(name)
-    if value is None or value == "":
+    if value is None or (isinstance(value, str) and not value.strip()):  # a cell of spaces is an empty one
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise DataError(f"{where}: field {name!r} should be text, got {type(value).__name__}")
@@ -89,6 +90,11 @@ def _fields_of(row: dict) -> str:
 def student_input(row: dict, config, where: str) -> str:
     """The text the student reads for ``row``: its input field, or --input-template filled from its fields."""
     if config.input_template:
+        for name in template_fields(config.input_template):  # an empty field would read as "" or "None"
+            value = row.get(name)
+            if name in row and (value is None or (isinstance(value, str) and not value.strip())):
+                raise DataError(f"{where}: empty field {name!r} used by --input-template; the row's fields are: "
+                                f"{_fields_of(row)}")
         try:
             return config.input_template.format(**row)
         except KeyError as err:
@@ -97,9 +103,16 @@ def student_input(row: dict, config, where: str) -> str:
     name = field_name(config, "input_field")
     text = _optional_text(row, name, where)
     if text is None:
-        state = "empty" if row.get(name) == "" else "missing"
+        state = "missing" if name not in row else "empty"
         raise DataError(f"{where}: {state} field {name!r} (--input-field); the row's fields are: {_fields_of(row)}")
     return text
+
+
+def template_fields(template: str) -> set[str]:
+    """The row fields a format string reads ("{choices[0]}" reads choices)."""
+    import string
+
+    return {re.split(r"[.\[]", name)[0] for _, name, _, _ in string.Formatter().parse(template) if name}
 
 
 def parse_completion(config, completion: str) -> tuple[str | None, str | None]:
@@ -109,12 +122,8 @@ def parse_completion(config, completion: str) -> tuple[str | None, str | None]:
         return None, None
     answer = answer.splitlines()[0].strip()
     labels = label_set(config.label_set)
-    if labels:  # "U.S." is a label; "positive." is the label "positive" ending a sentence
-        allowed = {label.lower(): label for label in labels}
-        plain = (answer, answer.removesuffix(".").strip(), answer.rstrip(".").strip())
-        unquoted = tuple(c.strip("\"'").strip() for c in plain)  # labels listed in quotes come back in quotes
-        candidates = plain + unquoted + tuple(c.rstrip(".").strip() for c in unquoted)
-        label = next((allowed[c.lower()] for c in candidates if c.lower() in allowed), None)
+    if labels:
+        label = in_label_set(answer, labels)
         return (rationale, label) if label else (None, None)
     answer = answer.rstrip(".").strip()
     if config.metric == "equation" and not is_equation(answer):
@@ -122,12 +131,44 @@ def parse_completion(config, completion: str) -> tuple[str | None, str | None]:
     return rationale, answer
 
 
+def in_label_set(text: str, labels: tuple[str, ...]) -> str | None:
+    """``text`` as the label set spells it, or None: case, surrounding quotes and a final full stop aside ("U.S."
+    is a label; "positive." is the label "positive" ending a sentence), and "1.0" is the label "1"."""
+    allowed = {label.lower(): label for label in labels}
+    plain = (text, text.removesuffix(".").strip(), text.rstrip(".").strip())
+    unquoted = tuple(c.strip("\"'").strip() for c in plain)  # labels listed in quotes come back in quotes
+    candidates = plain + unquoted + tuple(c.rstrip(".").strip() for c in unquoted)
+    found = next((allowed[c.lower()] for c in candidates if c.lower() in allowed), None)
+    return found or next((label for label in labels if same_number(text, label)), None)
+
+
+def same_number(a: str, b: str) -> bool:
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
+
+
+def set_label(row: dict, key: str, config, where: str) -> str | None:
+    """A row's label field, spelt as the label set spells it; a label outside the set stops the run."""
+    name = field_name(config, key)
+    value = _optional_text(row, name, where)
+    labels = label_set(config.label_set)
+    if value is None or not labels:
+        return value
+    label = in_label_set(value, labels)
+    if label is None:
+        raise DataError(f"{where}: field {name!r} is {value!r}, which is not one of --label-set "
+                        f"{config.label_set}")
+    return label
+
+
 def row_to_example(row: dict, where: str, config) -> Example:
     return Example(
         input=student_input(row, config, where),
-        label=_optional_text(row, field_name(config, "label_field"), where),
+        label=set_label(row, "label_field", config, where),
         rationale=_optional_text(row, field_name(config, "rationale_field"), where),
-        teacher_label=_optional_text(row, field_name(config, "teacher_label_field"), where),
+        teacher_label=set_label(row, "teacher_label_field", config, where),
         id=str(row.get("id", where.rsplit(":", 1)[-1])),
         where=where,
         cluster=_optional_text(row, config.cluster_field, where) if config.cluster_field else None,
@@ -209,15 +250,18 @@ def load_dataset_split(source: str, split: str, config, columns: dict | None = N
 
 def _load(config, columns: dict, split: str) -> list[Example]:
     single_file = not config.task.startswith("hf:") and not Path(config.task).is_dir()
-    if single_file and split == "test":  # one file is one split: the test rows come from --test-file
+    # --test-file is the test split, whatever the source; one file is one split, so it has no other
+    if split == "test" and (config.test_file or single_file):
         if not config.test_file:
             raise DataError("this task has no test split: pass --test-file")
         return load_any(config.test_file, "test", config, columns)
+    if is_dataset_source(config.task) and not single_file:
+        return load_dataset_split(config.task, split, config, columns)
+    if split != "train":
+        raise DataError(f"unknown split {split!r} for a file task (train, or test from --test-file)")
     if is_dataset_source(config.task):
-        return load_dataset_split(config.task, "train" if single_file else split, config, columns)
-    if split == "train":
-        return load_file(Path(config.task), config, columns)
-    raise DataError(f"unknown split {split!r} for a file task (train or test)")
+        return load_dataset_split(config.task, "train", config, columns)
+    return load_file(Path(config.task), config, columns)
 
 
 def load_any(source: str, split: str, config, columns: dict | None = None) -> list[Example]:
@@ -253,7 +297,7 @@ def task(config) -> Task:
         parse_completion=partial(parse_completion, config),
         labels_match=equations_equal if config.metric == "equation" else text_labels_match,
         label_max_tokens=32,
-        label_is_valid=is_equation if config.metric == "equation" else bool,
+        label_is_valid=is_equation if config.metric == "equation" else partial(is_own_label, labels),
         label_choices=partial(fixed_labels, labels) if labels else None,
         fields=partial(describe_fields, config, columns),
         config=recorded_config(config),
@@ -263,3 +307,8 @@ def task(config) -> Task:
 
 def fixed_labels(labels: tuple[str, ...], text: str) -> tuple[str, ...]:
     return labels
+
+
+def is_own_label(labels: tuple[str, ...] | None, label: str) -> bool:
+    """An answer is a label: one of the label set where there is one, else any text."""
+    return in_label_set(label, labels) is not None if labels else bool(label.strip())

@@ -80,6 +80,16 @@ def test_a_test_file_is_the_test_split_of_a_saved_dataset_too(tmp_path):
         "my row", "another"]
 
 
+def test_a_test_file_needs_no_rationale_or_teacher_label_field(tmp_path):
+    """Before: a student trained with --rationale-field why could not be evaluated on a test file without 'why'."""
+    train = write(tmp_path / "train.csv", "text,sentiment,why,teacher\ngood,positive,it is good,positive\n")
+    test = write(tmp_path / "test.csv", "text,sentiment\nbad,negative\n")
+    task = get_task(TaskConfig(task=train, test_file=test, input_field="text", label_field="sentiment",
+                               rationale_field="why", teacher_label_field="teacher"))
+    assert task.load("train")[0].rationale == "it is good"
+    assert [(e.input, e.label) for e in task.load("test")] == [("bad", "negative")]
+
+
 def test_a_csv_row_is_numbered_by_the_line_it_starts_on():
     text = 'id,text\r\n\r\nA,"two\r\nlines"\r\nB,one\r\n  \r\nC,"x\ny\nz"\nD,last'
     rows = list(csv_rows(io.StringIO(text, newline="")))

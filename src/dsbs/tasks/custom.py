@@ -169,7 +169,7 @@ def row_to_example(row: dict, where: str, config) -> Example:
         label=set_label(row, "label_field", config, where),
         rationale=_optional_text(row, field_name(config, "rationale_field"), where),
         teacher_label=set_label(row, "teacher_label_field", config, where),
-        id=str(row.get("id", where.rsplit(":", 1)[-1])),
+        id=str(row["id"]) if row.get("id") is not None else where.rsplit(" ", 1)[-1].rsplit(":", 1)[-1],  # line/row
         where=where,
         cluster=_optional_text(row, config.cluster_field, where) if config.cluster_field else None,
         samples=tuple((s.get("rationale"), s.get("teacher_label")) for s in row["samples"] if isinstance(s, dict))
@@ -254,7 +254,8 @@ def _load(config, columns: dict, split: str) -> list[Example]:
     if split == "test" and (config.test_file or single_file):
         if not config.test_file:
             raise DataError("this task has no test split: pass --test-file")
-        return load_any(config.test_file, "test", config, columns)
+        plain = dataclasses.replace(config, rationale_field=None, teacher_label_field=None)  # inputs and labels only
+        return load_any(config.test_file, "test", plain, columns)
     if is_dataset_source(config.task) and not single_file:
         return load_dataset_split(config.task, split, config, columns)
     if split != "train":

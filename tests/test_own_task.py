@@ -327,3 +327,49 @@ def test_every_sample_is_kept_and_agreeing_rationales_train(tmp_path, tiny_causa
         tiny_train(tiny_causal, tmp_path / "x", rationales="agreeing", label_source="teacher")
     with pytest.raises(ConfigError, match="standard learns none"):  # before: accepted and silently ignored
         tiny_train(tiny_causal, tmp_path / "x", rationales="all-agreeing", method="standard")
+
+
+def test_a_run_whose_rows_have_no_label_stops_instead_of_learning_rationales_alone(tmp_path, tiny_causal):
+    """Before: dsbs on a file whose label column has another name trained the rationale task only (label loss
+    logged as 0) and its card said 0.5 x label + 0.5 x rationale."""
+    data = write_csv(tmp_path / "rows.csv", ["text", "sentiment", "rationale"],
+                     [[f"review {i}", "positive", f"because {i}"] for i in range(8)])
+    with pytest.raises(DataError, match=r"dsbs learns the label as its answer, but none of its 8 training rows has "
+                                        r"one \(field 'label' .*train on the teacher's labels \(--label-source"):
+        train(TaskConfig(task=str(data), input_field="text"), tiny_train(tiny_causal, tmp_path / "run"))
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"method": "standard", "label_source": "teacher"}, "that is --method distill"),
+    ({"method": "single_task", "rationales": "all-agreeing"}, "use --rationales agreeing"),
+    ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
+])
+def test_settings_a_method_would_ignore_are_refused(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**settings)
+
+
+def test_what_a_run_cut_and_left_unused_is_counted_and_single_task_keeps_its_label(tmp_path, tiny_causal, capfd):
+    """Before: a long single_task target lost its label (the student learnt to answer nothing), inputs and
+    targets were cut without a count, and --eval-limit's unused held-out rows were counted nowhere."""
+    from transformers import AutoTokenizer
+
+    from dsbs.batching import target_ids
+    from dsbs.tasks.common import SINGLE_TASK_MARKER
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal)
+    long_target = "word " * 100 + SINGLE_TASK_MARKER.strip() + " positive"
+    ids = target_ids(tokenizer, long_target, False, 32)
+    assert len(ids) == 32 and tokenizer.decode(ids[:-1]).endswith("So the answer is positive")
+    rows = [[f"review {i} " + "long " * (60 if i < 8 else 0), "positive" if i % 2 else "negative",
+             ("reason " * 40) if i < 12 else "short reason"] for i in range(40)]
+    data = write_csv(tmp_path / "rows.csv", ["text", "label", "rationale"], rows)
+    run = tmp_path / "run"
+    train(TaskConfig(task=str(data), input_field="text"),
+          tiny_train(tiny_causal, run, val_fraction=0.25, eval_limit=4))
+    resolved = json.loads((run / "train_config.json").read_text())
+    assert resolved["validation_examples"] == 4 and resolved["held_out_unused"] == 6
+    assert resolved["cut_items"]["rationale_targets"] >= 1 and resolved["cut_items"]["inputs"] >= 1
+    assert "label_targets" not in resolved["cut_items"]
+    err = capfd.readouterr().err
+    assert "so cut:" in err and "rationale targets" in err and "held-out rows unused" in err

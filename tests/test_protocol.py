@@ -70,6 +70,8 @@ def test_the_unlabeled_setting_reads_no_gold_label_before_the_test(method, sourc
     summary = train(DEMO, tiny(tiny_causal, tmp_path, method=method, label_source=source, eval_limit=4,
                                keep_model="best"))
     assert summary["validation_labels"] == "teacher" and summary["validation_examples"] == 4
+    meta = json.loads((tmp_path / "model" / "dsbs.json").read_text())
+    assert meta["label_source"] == "teacher"  # what it learnt (before: distill recorded the flag's default, gold)
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["val_accuracy"] for r in log if "val_accuracy" in r]  # validated, on the teacher's labels
 

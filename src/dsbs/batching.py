@@ -115,8 +115,28 @@ def encode_prompt(tokenizer, text: str, seq2seq: bool, max_tokens: int, task: in
 
 def target_ids(tokenizer, target: str, seq2seq: bool, max_tokens: int) -> list[int]:
     """The target's tokens and EOS, nothing else: a tokenizer's own special tokens around a target (BERT's
-    [CLS] ... [SEP]) would make every label begin with the same token."""
-    return _ids(tokenizer, target)[: max_tokens - 1] + [tokenizer.eos_token_id]
+    [CLS] ... [SEP]) would make every label begin with the same token. A single-task target too long for
+    ``max_tokens`` loses the end of its rationale, not its label."""
+    ids = _ids(tokenizer, target)
+    if len(ids) >= max_tokens and SINGLE_TASK_MARKER in target:
+        rationale, _, label = target.rpartition(SINGLE_TASK_MARKER)
+        tail = _ids(tokenizer, SINGLE_TASK_MARKER + label)
+        ids = _ids(tokenizer, rationale)[: max(0, max_tokens - 1 - len(tail))] + tail
+    return ids[: max_tokens - 1] + [tokenizer.eos_token_id]
+
+
+def cut_items(groups: list[list[Item]], tokenizer, seq2seq: bool, max_input: int, max_target: int) -> dict[str, int]:
+    """How many items' inputs and targets (by task) are longer than the limits and were cut."""
+    items = [item for group in groups for item in group]
+    if not items:
+        return {}
+    inputs = tokenizer([item.prompt for item in items], add_special_tokens=True)["input_ids"]
+    targets = tokenizer([item.target for item in items], add_special_tokens=False)["input_ids"]
+    counts = {"inputs": sum(len(ids) > max_input - (0 if seq2seq else 1) for ids in inputs)}
+    for item, ids in zip(items, targets, strict=True):
+        key = f"{'label' if item.task == LABEL_TASK else 'rationale'}_targets"
+        counts[key] = counts.get(key, 0) + (len(ids) >= max_target)
+    return {key: n for key, n in counts.items() if n}
 
 
 def encode_item(tokenizer, item: Item, seq2seq: bool, max_input: int, max_target: int, form: PromptForm = "suffix",

@@ -93,7 +93,8 @@ class TrainConfig:
     max_input_tokens: int = option(512, "prompt tokens kept per item")
     max_target_tokens: int = option(256, "target tokens kept per item (rationales are the long ones)")
     eval_interval: int = option(0, "validate every N steps (0: only at the end)")
-    eval_limit: int | None = option(None, "validate on at most N examples")
+    eval_limit: int | None = option(None, "validate on at most N of the held-out examples (the others train "
+                                    "neither: the limit leaves the training rows as they are)")
     keep_model: Literal["auto", "best", "last"] = option(
         "auto", "which step model/ holds: best (the highest validation accuracy, ties keeping the earlier step), last, "
         "or auto: best from 100 validation rows up, else last (the best of fewer rows is mostly noise)")
@@ -144,6 +145,14 @@ class TrainConfig:
         if self.rationales != "all" and self.label_source == "teacher":
             raise ConfigError(f"--rationales {self.rationales} compares the teacher's label with the gold one; the "
                               "unlabeled setting has no gold labels to compare with: use --rationales all")
+        if self.label_source == "teacher" and self.method == "standard":
+            raise ConfigError("--label-source teacher: standard fine-tuning learns gold labels; on the teacher's "
+                              "labels alone that is --method distill")
+        if self.rationales == "all-agreeing" and self.method == "single_task":
+            raise ConfigError("--rationales all-agreeing: single_task has one target per row (its rationale, then "
+                              "its label), so it cannot learn several; use --rationales agreeing")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in [0, 1) (0: no validation), got {self.val_fraction}")
         if self.pool_size is not None and self.pool_size < 1:
             raise ConfigError("pool_size must be at least 1")
         check_at_least(self, 1, "max_steps", "batch_size", "grad_accum", "log_interval")

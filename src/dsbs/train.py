@@ -23,6 +23,7 @@ from dsbs.batching import (
     IGNORE_INDEX,
     collate,
     collate_shared,
+    cut_items,
     encode_item,
     encode_shared,
     items_for,
@@ -56,7 +57,7 @@ def select_rows(pool: list, config: TrainConfig, can_validate=lambda row: True) 
     else:
         chosen = subsample(cap_pool(pool, config.pool_size), config.data_fraction, config.seed)
         train_rows, val_rows = hold_out(chosen, config.val_fraction, can_validate)
-    return train_rows, val_rows[: config.eval_limit] if config.eval_limit else val_rows
+    return train_rows, val_rows
 
 
 def hold_out(rows: list, fraction: float, can_validate) -> tuple[list, list]:
@@ -119,6 +120,10 @@ def check_training_rows(task: Task, method: Method, config: TrainConfig, rows: l
         raise DataError(f"no training examples for method {config.method!r}: it learns {needs}, and none of the "
                         f"{len(rows)} training rows has what it needs ({label_part.replace('_', ' ')}: "
                         f"{fields[label_part]})")
+    if not labelled_rows(rows, method, config.label_source):  # dsbs would learn rationales, never its answer
+        other = " or train on the teacher's labels (--label-source teacher)" if method.labels == "chosen" else ""
+        raise DataError(f"{config.method} learns the {label_part.replace('_', ' ')} as its answer, but none of its "
+                        f"{len(rows)} training rows has one ({fields[label_part]}): name the label's field{other}")
     if method.rationale == "none" or config.allow_missing_rationales:
         return
     # a share of what can train, not of all rows (a row without the run's label does not count): dsbs's examples;
@@ -366,8 +371,10 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
     # Data: the pool, a fixed validation split for model selection, then the seeded fraction.
     task, method = get_task(task_config), get_method(config.method)
     pool = task.load(config.train_split or task.train_split)
-    train_rows, val_rows = select_rows(
+    train_rows, held_out = select_rows(
         pool, config, lambda row: training_label(row, method, config.label_source) is not None)
+    # the held-out rows past --eval-limit stay out of training too, so that the limit does not change what trains
+    val_rows = held_out[: config.eval_limit] if config.eval_limit else held_out
     train_rows = select_rationales(train_rows, config.rationales, task.labels_match)
     groups, notes = training_groups(train_rows, method, config.label_source)
     rationale_examples = len(groups) - sum(not n["dropped"] and "rationale" in n["missing"] for n in notes)
@@ -379,6 +386,7 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
               and not (config.fsdp and seq2seq))
     features = encode_features(groups, tokenizer, seq2seq, config, shared,
                                getattr(model.config, "decoder_start_token_id", None))
+    cut = cut_items(groups, tokenizer, seq2seq, config.max_input_tokens, config.max_target_tokens)
     examples_per_step = config.batch_size * config.grad_accum * accelerator.num_processes
     max_steps = math.ceil(config.epochs * len(groups) / examples_per_step) if config.epochs else config.max_steps
     # fused AdamW: one kernel over all parameters, 6x faster than the per-tensor loop on our CPU
@@ -386,13 +394,14 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     schedule = partial(lr_factor, warmup_steps=config.warmup_steps, max_steps=max_steps)
     meta = {"method": config.method, "task": task.name, "task_config": task.config, "student": config.student,
-            "alpha": config.alpha, "rationale_weight": config.rationale_weight, "label_source": config.label_source,
+            "alpha": config.alpha, "rationale_weight": config.rationale_weight,
+            "label_source": config.label_source if method.labels == "chosen" else method.labels,  # what it learnt
             "label_max_tokens": task.label_max_tokens, "max_input_tokens": config.max_input_tokens,
             "max_target_tokens": config.max_target_tokens, "seq2seq": seq2seq, "train_examples": len(groups),
             "rationale_examples": rationale_examples if method.rationale != "none" else None,
             "skipped_rows": sum(n["dropped"] for n in notes), "lora_rank": config.lora_rank,
             "prompt_form": config.prompt_form, "markers": config.markers, "rationale_selection": config.rationales,
-            "rationales": task.origin if method.rationale != "none" else "not used"}
+            "rationales": task.origin if method.rationale != "none" else "not used", "cut_items": cut}
     run = Run(config=config, task=task, method=method, output=output, accelerator=accelerator, model=model,
               tokenizer=tokenizer, lora=lora, optimizer=optimizer,
               scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, schedule), features=features,
@@ -410,18 +419,27 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
         resolved = {"task": asdict(task_config), "task_read_as": task.config, "train": asdict(config),
                     "settings": run_settings(task_config, config),
                     "max_steps": max_steps, "precision": run.precision, "device": accelerator.device.type,
-                    "processes": run.world, "train_examples": len(groups), "rationale_examples": rationale_examples,
-                    "skipped_examples": len(train_rows) - len(groups), "validation_examples": len(val_rows),
+                    "processes": run.world, "train_examples": len(groups),
+                    "rationale_examples": meta["rationale_examples"], "skipped_examples": len(train_rows) - len(groups),
+                    "validation_examples": len(val_rows), "held_out_unused": len(held_out) - len(val_rows),
+                    "cut_items": cut,
                     "pool_examples": len(pool), "student_is_seq2seq": seq2seq, "shared_pass": shared}
         write_skipped(output / "skipped.jsonl", notes)
         write_atomic(output / "train_config.json", json.dumps(resolved, indent=2))
     if run.main:  # progress on stderr: stdout carries the summary
         print(f"training {config.method} on {task.name}: {len(groups)} examples "
               + (f"({rationale_examples} with a rationale) " if method.rationale != "none" else "")
-              + f"of {len(train_rows)} rows, {len(val_rows)} validation, {max_steps} steps, "
+              + f"of {len(train_rows)} rows, {len(val_rows)} validation"
+              + (f" (--eval-limit leaves {len(held_out) - len(val_rows)} held-out rows unused)"
+                 if len(held_out) > len(val_rows) else "") + f", {max_steps} steps, "
               f"{run.precision} on {accelerator.device.type}" + (f" x {run.world} processes" if run.world > 1 else "")
               + (f", resumed at step {run.step}" if checkpoint else ""), file=sys.stderr)
         report_notes(notes, output / "skipped.jsonl")
+        if cut:
+            print("longer than --max-input-tokens / --max-target-tokens, so cut: " + ", ".join(
+                f"{n} {kind.replace('_', ' ')}" for kind, n in cut.items()) + (
+                " (single_task keeps its label and cuts the rationale)" if method.rationale == "target" else ""),
+                file=sys.stderr)
         if config.keep_model == "auto" and run.keep_model == "last" and val_rows:
             print(f"keeping the last step: {len(val_rows)} validation rows are fewer than {SMALL_VALIDATION}, too few "
                   "to pick a best step by (--keep-model best to pick anyway)", file=sys.stderr)

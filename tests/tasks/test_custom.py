@@ -95,3 +95,12 @@ def test_a_csv_row_is_numbered_by_the_line_it_starts_on():
     rows = list(csv_rows(io.StringIO(text, newline="")))
     assert [(n, r["id"]) for n, r in rows if isinstance(r, dict)] == [(3, "A"), (5, "B"), (7, "C"), (10, "D")]
     assert [n for n, r in rows if isinstance(r, ValueError)] == [6]  # a line of spaces: one field, not two
+
+
+def test_the_samples_of_an_own_file_are_read_as_its_other_fields(tmp_path):
+    """Before: a sample's blank rationale became a target, and its label kept the file's spelling."""
+    row = ('{"input": "x", "label": "positive", "samples": [{"rationale": "   ", "teacher_label": "positive"}, '
+           '{"rationale": "It praises it.", "teacher_label": "Positive"}]}\n')
+    example = get_task(TaskConfig(task=write(tmp_path / "s.jsonl", row), label_set="positive,negative")).load(
+        "train")[0]
+    assert example.samples == ((None, "positive"), ("It praises it.", "positive"))

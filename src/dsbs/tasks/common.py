@@ -340,7 +340,7 @@ def split_validation(examples: list, fraction: float = 0.1, seed: int = 0) -> tu
     """(train, validation): a seeded ``fraction`` of the pool held out for model selection."""
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
-    n_val = max(1, round(len(examples) * fraction)) if len(examples) > 1 else 0
+    n_val = max(1, round(len(examples) * fraction)) if len(examples) > 1 and fraction > 0 else 0
     held = set(order[:n_val])
     return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
 

@@ -152,7 +152,10 @@ def same_number(a: str, b: str) -> bool:
 def set_label(row: dict, key: str, config, where: str) -> str | None:
     """A row's label field, spelt as the label set spells it; a label outside the set stops the run."""
     name = field_name(config, key)
-    value = _optional_text(row, name, where)
+    return spelt(_optional_text(row, name, where), config, name, where)
+
+
+def spelt(value: str | None, config, name: str, where: str) -> str | None:
     labels = label_set(config.label_set)
     if value is None or not labels:
         return value
@@ -172,8 +175,9 @@ def row_to_example(row: dict, where: str, config) -> Example:
         id=str(row["id"]) if row.get("id") is not None else where.rsplit(" ", 1)[-1].rsplit(":", 1)[-1],  # line/row
         where=where,
         cluster=_optional_text(row, config.cluster_field, where) if config.cluster_field else None,
-        samples=tuple((s.get("rationale"), s.get("teacher_label")) for s in row["samples"] if isinstance(s, dict))
-        if isinstance(row.get("samples"), list) else (),
+        samples=tuple((_optional_text(s, "rationale", where),
+                       spelt(_optional_text(s, "teacher_label", where), config, "samples: teacher_label", where))
+                      for s in row["samples"] if isinstance(s, dict)) if isinstance(row.get("samples"), list) else (),
     )
 
 

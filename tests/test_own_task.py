@@ -373,3 +373,14 @@ def test_what_a_run_cut_and_left_unused_is_counted_and_single_task_keeps_its_lab
     assert "label_targets" not in resolved["cut_items"]
     err = capfd.readouterr().err
     assert "so cut:" in err and "rationale targets" in err and "held-out rows unused" in err
+
+
+def test_a_student_may_answer_as_long_as_the_labels_it_learnt(tmp_path, tiny_causal):
+    """Before: an own task's answers were cut at 32 tokens in validation and inference, whatever training taught,
+    so a longer label could never be answered."""
+    rows = [[f"question {i}", " ".join(f"w{i}x{j}" for j in range(30)), "a reason"] for i in range(12)]
+    data = write_csv(tmp_path / "long.csv", ["text", "label", "rationale"], rows)
+    train(TaskConfig(task=str(data), input_field="text"), tiny_train(tiny_causal, tmp_path / "run",
+                                                                      max_target_tokens=96))
+    meta = json.loads((tmp_path / "run" / "model" / "dsbs.json").read_text())
+    assert 32 < meta["label_max_tokens"] <= 96

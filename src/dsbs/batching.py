@@ -125,6 +125,14 @@ def target_ids(tokenizer, target: str, seq2seq: bool, max_tokens: int) -> list[i
     return ids[: max_tokens - 1] + [tokenizer.eos_token_id]
 
 
+def longest_label(groups: list[list[Item]], tokenizer) -> int:
+    """The longest label target in tokens (0 without one)."""
+    labels = [item.target for group in groups for item in group if item.task == LABEL_TASK]
+    if not labels:
+        return 0
+    return max(len(ids) for ids in tokenizer(labels, add_special_tokens=False)["input_ids"])
+
+
 def cut_items(groups: list[list[Item]], tokenizer, seq2seq: bool, max_input: int, max_target: int) -> dict[str, int]:
     """How many items' inputs and targets (by task) are longer than the limits and were cut."""
     items = [item for group in groups for item in group]

@@ -27,6 +27,7 @@ from dsbs.batching import (
     encode_item,
     encode_shared,
     items_for,
+    longest_label,
     select_rationales,
     training_label,
 )
@@ -140,6 +141,14 @@ def check_training_rows(task: Task, method: Method, config: TrainConfig, rows: l
                       "--task runs/teach), name the right field,")
         raise DataError(f"{config.method} learns from rationales, but only {with_rationale} of its {able} "
                         f"training examples have one ({fields['rationale']}). {advice}{anyway}")
+
+
+def label_budget(task: Task, method: Method, config: TrainConfig, groups: list, tokenizer) -> int:
+    """Tokens an answer may take at inference: the task's, or more where the run taught longer labels (an own
+    task's open answers), so that validation and inference can write what training taught."""
+    if method.rationale == "target":  # single_task's label targets hold the rationale too
+        return task.label_max_tokens
+    return max(task.label_max_tokens, min(longest_label(groups, tokenizer) + 1, config.max_target_tokens))
 
 
 def write_skipped(path: Path, notes: list[dict]) -> None:
@@ -396,7 +405,8 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
     meta = {"method": config.method, "task": task.name, "task_config": task.config, "student": config.student,
             "alpha": config.alpha, "rationale_weight": config.rationale_weight,
             "label_source": config.label_source if method.labels == "chosen" else method.labels,  # what it learnt
-            "label_max_tokens": task.label_max_tokens, "max_input_tokens": config.max_input_tokens,
+            "label_max_tokens": label_budget(task, method, config, groups, tokenizer),
+            "max_input_tokens": config.max_input_tokens,
             "max_target_tokens": config.max_target_tokens, "seq2seq": seq2seq, "train_examples": len(groups),
             "rationale_examples": rationale_examples if method.rationale != "none" else None,
             "skipped_rows": sum(n["dropped"] for n in notes), "lora_rank": config.lora_rank,

@@ -272,3 +272,12 @@ def test_a_teach_output_with_clusters_trains(tmp_path, tiny_causal):
     taught = TaskConfig(task=str(tmp_path / "teach"))
     assert {e.cluster for e in get_task(taught).load("train")} == {"p0", "p1", "p2"}
     assert train(taught, tiny(tiny_causal, tmp_path / "run", eval_limit=2))["steps"] == 2
+
+
+def test_without_validation_rows_the_last_step_is_kept_and_said_so():
+    """Before: --keep-model best with no validation row recorded kept_step "best" for the last step's model."""
+    from dsbs.tasks.common import split_validation
+    from dsbs.train import kept_step
+
+    assert kept_step("best", 0) == "last" and kept_step("best", 5) == "best" and kept_step("auto", 100) == "best"
+    assert split_validation(list(range(50)), fraction=0.0) == (list(range(50)), [])  # --val-fraction 0: none

@@ -81,7 +81,9 @@ SMALL_VALIDATION = 100  # below it, --keep-model auto keeps the last step: the b
 
 
 def kept_step(keep_model: str, validation_rows: int) -> str:
-    """Which step model/ holds: best or last; auto decides by the number of validation rows."""
+    """Which step model/ holds: best or last; auto decides by the number of validation rows (none: the last)."""
+    if not validation_rows:
+        return "last"
     if keep_model != "auto":
         return keep_model
     return "best" if validation_rows >= SMALL_VALIDATION else "last"

@@ -267,7 +267,8 @@ def test_a_results_file_cut_off_mid_line_keeps_its_whole_lines_and_asks_the_cut_
     results = tmp_path / "results.jsonl"
     write_vllm_results(results, read_jsonl(requests))
     whole = results.read_text()
-    results.write_text(whole[: whole.rindex("\n", 0, -1) + 40])  # the last line's first 40 characters
+    cut = whole[: whole.rindex("\n", 0, -1) + 40].encode() + "é".encode()[:1]  # cut inside a character, too
+    results.write_bytes(cut)
     summary = teach(DEMO, dataclasses.replace(config, ingest=str(results)))
     assert summary["failed_items"] == 1 and summary["ingest_lines"]["cut_off"] == 1
     assert f"{results}:{LIMIT}: the last line is cut off" in capsys.readouterr().err

@@ -133,3 +133,25 @@ def test_rationale_selection_keeps_the_label_task_and_the_agreeing_rationales(ti
     shared = encode_shared(tokenizer, items, False, 64, 32)
     each = [len(target_ids(tokenizer, r, False, 32)) for r in ("r1", "r3")]
     assert shared["tasks"][RATIONALE_TASK] == sum(each)  # both targets count in the rationale loss
+
+
+def test_cuts_are_counted_per_input_and_target_and_only_single_task_keeps_its_answer(tiny_causal):
+    """Before: a long single_task target lost its label; then (a first fix) any long target holding the answer
+    phrase lost its middle, and an input shared by dsbs's two items counted as two cut inputs."""
+    from dsbs.batching import cut_items, target_ids
+    from dsbs.tasks.common import SINGLE_TASK_MARKER
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal)
+    long_text = "word " * 100
+    single = target_ids(tokenizer, long_text + SINGLE_TASK_MARKER + "positive", False, 32, answer_last=True)
+    assert len(single) == 32 and tokenizer.decode(single[:-1]).endswith("So the answer is positive")
+    rationale = target_ids(tokenizer, long_text + SINGLE_TASK_MARKER + "positive", False, 32)
+    assert rationale[:-1] == tokenizer(long_text, add_special_tokens=False)["input_ids"][:31]  # its end, as any
+    example = Example(input=long_text, label="positive", rationale=long_text)
+    short = Example(input="short", label="negative", rationale="short reason")
+    groups = [items_for(example, "dsbs"), items_for(short, "dsbs")]
+    assert cut_items(groups, tokenizer, False, 64, 32) == {"inputs": 1, "rationale_targets": 1}
+    exact = len(tokenizer("x " * 30, add_special_tokens=True)["input_ids"])  # fits in the suffix form alone
+    near = [items_for(Example(input="x " * 30, label="a", rationale="b"), "dsbs")]
+    assert cut_items(near, tokenizer, False, exact + 1, 32, "suffix") == {}
+    assert cut_items(near, tokenizer, False, exact + 1, 32, "prefix") == {"inputs": 1}  # its marker is read too

@@ -171,5 +171,5 @@ def test_predict_keeps_each_rows_id_and_resumes_only_into_the_same_input(trained
         predict_file(trained, str(other), str(out), resume=True)
     broken = tmp_path / "broken.csv"
     broken.write_bytes(b"input\n2 boxes of 5?\n" + b"caf\xe9 boxes\n" * 3)
-    with pytest.raises(DataError, match=r"broken.csv: not valid UTF-8 after the lines above"):
+    with pytest.raises(DataError, match=r"broken.csv:3: not valid UTF-8"):
         predict_file(trained, str(broken), str(tmp_path / "b.jsonl"), skip_bad_lines=True)

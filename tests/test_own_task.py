@@ -349,18 +349,9 @@ def test_settings_a_method_would_ignore_are_refused(settings, message):
         TrainConfig(**settings)
 
 
-def test_what_a_run_cut_and_left_unused_is_counted_and_single_task_keeps_its_label(tmp_path, tiny_causal, capfd):
-    """Before: a long single_task target lost its label (the student learnt to answer nothing), inputs and
-    targets were cut without a count, and --eval-limit's unused held-out rows were counted nowhere."""
-    from transformers import AutoTokenizer
-
-    from dsbs.batching import target_ids
-    from dsbs.tasks.common import SINGLE_TASK_MARKER
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_causal)
-    long_target = "word " * 100 + SINGLE_TASK_MARKER.strip() + " positive"
-    ids = target_ids(tokenizer, long_target, False, 32)
-    assert len(ids) == 32 and tokenizer.decode(ids[:-1]).endswith("So the answer is positive")
+def test_what_a_run_cut_and_left_unused_is_counted(tmp_path, tiny_causal, capfd):
+    """Before: inputs and targets were cut without a count (tests/test_batching.py checks the counts), and
+    --eval-limit's unused held-out rows were counted nowhere."""
     rows = [[f"review {i} " + "long " * (60 if i < 8 else 0), "positive" if i % 2 else "negative",
              ("reason " * 40) if i < 12 else "short reason"] for i in range(40)]
     data = write_csv(tmp_path / "rows.csv", ["text", "label", "rationale"], rows)

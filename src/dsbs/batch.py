@@ -350,5 +350,16 @@ def ingest_file(path: str, pending: list, cache, limit: int) -> dict:
     if not Path(path).is_file():
         raise DataError(f"{path}: file not found")
     wanted = {key for _, _, _, key in pending}
-    with open(path, encoding="utf-8") as f:
-        return ingest_lines(f, wanted, cache, limit, path)
+    with open(path, "rb") as f:
+        return ingest_lines(decoded(f, path), wanted, cache, limit, path)
+
+
+def decoded(lines, path: str):
+    """A results file's lines as text; a last line cut inside a character is left for ingest_lines to skip."""
+    for number, raw in enumerate(lines, start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            if raw.endswith(b"\n"):
+                raise DataError(f"{path}:{number}: not valid UTF-8 ({err.reason})") from None
+            yield raw.decode("utf-8", errors="replace")  # a cut line: not JSON, no newline

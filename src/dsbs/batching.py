@@ -32,6 +32,7 @@ class Item:
     task: int
     prompt: str  # the input; the task marker is added by the prompt form when it is encoded
     target: str
+    answer_last: bool = False  # single_task's target (rationale, marker, label): a cut spares its end
 
 
 def training_label(example: Example, method: Method, label_source: str) -> str | None:
@@ -47,7 +48,7 @@ def items_for(example: Example, method: Method | str, label_source: str = "gold"
     if method.rationale == "target":
         if label is None or example.rationale is None:
             return []
-        return [Item(LABEL_TASK, example.input, example.rationale + SINGLE_TASK_MARKER + label)]
+        return [Item(LABEL_TASK, example.input, example.rationale + SINGLE_TASK_MARKER + label, answer_last=True)]
     items = [] if label is None else [Item(LABEL_TASK, example.input, label)]
     if method.rationale == "task":
         targets = example.rationales if example.rationales is not None else [example.rationale]
@@ -113,37 +114,43 @@ def encode_prompt(tokenizer, text: str, seq2seq: bool, max_tokens: int, task: in
     return input_ids(tokenizer, text, False, max_tokens) + marker_ids(tokenizer, task, False, markers), []
 
 
-def target_ids(tokenizer, target: str, seq2seq: bool, max_tokens: int) -> list[int]:
+def target_ids(tokenizer, target: str, seq2seq: bool, max_tokens: int, answer_last: bool = False) -> list[int]:
     """The target's tokens and EOS, nothing else: a tokenizer's own special tokens around a target (BERT's
-    [CLS] ... [SEP]) would make every label begin with the same token. A single-task target too long for
-    ``max_tokens`` loses the end of its rationale, not its label."""
+    [CLS] ... [SEP]) would make every label begin with the same token. A single-task target (``answer_last``)
+    too long for ``max_tokens`` loses the end of its rationale, not its label."""
     ids = _ids(tokenizer, target)
-    if len(ids) >= max_tokens and SINGLE_TASK_MARKER in target:
+    if len(ids) >= max_tokens and answer_last:
         rationale, _, label = target.rpartition(SINGLE_TASK_MARKER)
         tail = _ids(tokenizer, SINGLE_TASK_MARKER + label)
         ids = _ids(tokenizer, rationale)[: max(0, max_tokens - 1 - len(tail))] + tail
     return ids[: max_tokens - 1] + [tokenizer.eos_token_id]
 
 
+def token_lengths(tokenizer, texts: list[str], special: bool, chunk: int = 1024):
+    """Each text's length in tokens, a chunk at a time (one call over a large pool would hold all its encodings)."""
+    for start in range(0, len(texts), chunk):
+        yield from map(len, tokenizer(texts[start : start + chunk], add_special_tokens=special)["input_ids"])
+
+
 def longest_label(groups: list[list[Item]], tokenizer) -> int:
     """The longest label target in tokens (0 without one)."""
     labels = [item.target for group in groups for item in group if item.task == LABEL_TASK]
-    if not labels:
-        return 0
-    return max(len(ids) for ids in tokenizer(labels, add_special_tokens=False)["input_ids"])
+    return max(token_lengths(tokenizer, labels, False), default=0)
 
 
-def cut_items(groups: list[list[Item]], tokenizer, seq2seq: bool, max_input: int, max_target: int) -> dict[str, int]:
-    """How many items' inputs and targets (by task) are longer than the limits and were cut."""
-    items = [item for group in groups for item in group]
-    if not items:
-        return {}
-    inputs = tokenizer([item.prompt for item in items], add_special_tokens=True)["input_ids"]
-    targets = tokenizer([item.target for item in items], add_special_tokens=False)["input_ids"]
-    counts = {"inputs": sum(len(ids) > max_input - (0 if seq2seq else 1) for ids in inputs)}
-    for item, ids in zip(items, targets, strict=True):
-        key = f"{'label' if item.task == LABEL_TASK else 'rationale'}_targets"
-        counts[key] = counts.get(key, 0) + (len(ids) >= max_target)
+def cut_items(groups: list[list[Item]], tokenizer, seq2seq: bool, max_input: int, max_target: int,
+              form: PromptForm = "suffix", markers: MarkerSet = "dsbs") -> dict[str, int]:
+    """How many examples' inputs, and how many label and rationale targets, are longer than the limits (so cut)."""
+    def prompt(item: Item) -> str:  # what encode_prompt tokenizes
+        return f"{MARKER_SETS[markers][item.task]} {item.prompt}" if form == "prefix" else item.prompt
+
+    items = [(number, item) for number, group in enumerate(groups) for item in group]
+    room = max_input - (0 if seq2seq else 1)
+    lengths = token_lengths(tokenizer, [prompt(item) for _, item in items], True)
+    cut_inputs = {number for (number, _), n in zip(items, lengths, strict=True) if n > room}
+    counts = {"inputs": len(cut_inputs), "label_targets": 0, "rationale_targets": 0}
+    for (_, item), n in zip(items, token_lengths(tokenizer, [i.target for _, i in items], False), strict=True):
+        counts[f"{'label' if item.task == LABEL_TASK else 'rationale'}_targets"] += n >= max_target
     return {key: n for key, n in counts.items() if n}
 
 
@@ -154,7 +161,7 @@ def encode_item(tokenizer, item: Item, seq2seq: bool, max_input: int, max_target
     ``tasks`` maps the item's task to its loss-bearing tokens, counted once here rather than every step.
     """
     prompt, decoder_prefix = encode_prompt(tokenizer, item.prompt, seq2seq, max_input, item.task, form, markers)
-    target = target_ids(tokenizer, item.target, seq2seq, max_target)
+    target = target_ids(tokenizer, item.target, seq2seq, max_target, item.answer_last)
     if seq2seq:
         labels = [IGNORE_INDEX] * len(decoder_prefix) + target
         decoder = [decoder_start] + (decoder_prefix + target)[:-1]

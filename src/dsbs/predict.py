@@ -12,12 +12,9 @@ from dsbs.tasks.common import DataError, csv_rows, read_appended_jsonl
 def _records(path: Path):
     """(line number, raw row or the error that line has) of a JSONL or CSV file, streamed."""
     if path.suffix.lower() == ".csv":
+        check_utf8(path)  # a CSV reader cannot step past a bad byte, and the text layer meets it a chunk early
         with open(path, encoding="utf-8-sig", newline="") as f:
-            try:
-                yield from csv_rows(f)
-            except UnicodeDecodeError as err:  # the stream cannot go on past it: the rest of the file is unread
-                raise DataError(f"{path}: not valid UTF-8 after the lines above ({err.reason}); save it as UTF-8 "
-                                "and run again with --resume") from None
+            yield from csv_rows(f)
         return
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
@@ -33,6 +30,15 @@ def _records(path: Path):
             yield number, obj
 
 
+def check_utf8(path: Path) -> None:
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}:{number}: not valid UTF-8 ({err.reason}); save the file as UTF-8") from None
+
+
 def _inputs(path: Path, fields, skip_bad: bool, bad: list):
     """(line number, the row's id or None, student input) per usable line, built as in training; a bad line is
     fatal unless ``skip_bad``."""
@@ -42,7 +48,8 @@ def _inputs(path: Path, fields, skip_bad: bool, bad: list):
         try:
             if isinstance(row, Exception):
                 raise DataError(f"{path}:{number}: {row}")
-            yield number, row.get("id"), student_input(row, fields, f"{path}:{number}")
+            given = row.get("id")
+            yield number, given if given not in (None, "") else None, student_input(row, fields, f"{path}:{number}")
         except DataError as err:
             if not skip_bad:
                 raise

@@ -397,7 +397,8 @@ def setup(task_config: TaskConfig, config: TrainConfig, accelerator) -> Run:
               and not (config.fsdp and seq2seq))
     features = encode_features(groups, tokenizer, seq2seq, config, shared,
                                getattr(model.config, "decoder_start_token_id", None))
-    cut = cut_items(groups, tokenizer, seq2seq, config.max_input_tokens, config.max_target_tokens)
+    cut = cut_items(groups, tokenizer, seq2seq, config.max_input_tokens, config.max_target_tokens, config.prompt_form,
+                    config.markers)
     examples_per_step = config.batch_size * config.grad_accum * accelerator.num_processes
     max_steps = math.ceil(config.epochs * len(groups) / examples_per_step) if config.epochs else config.max_steps
     # fused AdamW: one kernel over all parameters, 6x faster than the per-tensor loop on our CPU

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from dsbs.errors import DataError
+from dsbs.errors import ConfigError, DataError
 from dsbs.tasks import TaskConfig, get_task
 from dsbs.tasks.common import csv_rows
 
@@ -23,6 +23,8 @@ def test_gold_labels_take_the_label_sets_spelling_and_one_outside_it_stops(tmp_p
     assert [row.label for row in task.load("train")] == ["positive", "negative", None]
     numbers = write(tmp_path / "numbers.jsonl", '{"input": "a", "label": 1.0}\n{"input": "b", "label": 0}\n')
     assert [r.label for r in get_task(TaskConfig(task=numbers, label_set="0,1")).load("train")] == ["1", "0"]
+    odd = write(tmp_path / "odd.jsonl", '{"input": "a", "label": "positive", "teacher_label": "The review is good"}\n')
+    assert get_task(TaskConfig(task=odd, label_set="positive,negative")).load("train")[0].teacher_label is None
     stray = write(tmp_path / "stray.csv", "text,sentiment\ngreat,positive\nmeh,neutral\n")
     with pytest.raises(DataError, match=r"stray.csv:3: field 'sentiment' is 'neutral', which is not one of "
                                         "--label-set positive,negative"):
@@ -30,15 +32,21 @@ def test_gold_labels_take_the_label_sets_spelling_and_one_outside_it_stops(tmp_p
                             label_set="positive,negative")).load("train")
 
 
-def test_an_answer_outside_the_label_set_is_not_a_label():
+def test_an_answer_is_scored_as_the_label_it_names_and_one_outside_the_set_is_not_a_label():
     task = get_task(TaskConfig(task="x.csv", label_set="positive,negative"))
     assert task.label_is_valid("Positive.") and not task.label_is_valid("neutral")
+    assert task.labels_match("Positive.", "positive") and not task.labels_match("negative", "positive")
+    assert get_task(TaskConfig(task="x.csv", label_set="0,1")).labels_match("1.0", "1")
+    spaced = get_task(TaskConfig(task="x.csv", label_set="very positive,no"))
+    assert spaced.labels_match("very  Positive", "very positive")
+    with pytest.raises(ConfigError, match="'A' and 'a' differ only in case"):
+        get_task(TaskConfig(task="x.csv", label_set="A,a"))
     assert not task.label_is_valid("The product")
     assert get_task(TaskConfig(task="x.csv")).label_is_valid("anything") and not get_task(
         TaskConfig(task="x.csv")).label_is_valid("  ")
 
 
-def test_a_cell_of_spaces_is_empty_and_a_template_field_must_hold_text(tmp_path):
+def test_a_cell_of_spaces_is_empty_and_a_template_never_reads_none(tmp_path):
     source = write(tmp_path / "t.csv", "input,label\nhello,  \n   ,yes\n")
     with pytest.raises(DataError, match=r"t.csv:3: empty field 'input' \(--input-field\)"):
         get_task(TaskConfig(task=source)).load("train")
@@ -46,11 +54,14 @@ def test_a_cell_of_spaces_is_empty_and_a_template_field_must_hold_text(tmp_path)
     assert get_task(TaskConfig(task=spaces)).load("train")[0].label is None
     rows = '{"q": "Why?", "options": ["a", "b"]}\n{"q": "What?", "options": null}\n'
     template = TaskConfig(task=write(tmp_path / "q.jsonl", rows), input_template="{q} Options: {options}")
-    with pytest.raises(DataError, match=r"q.jsonl:2: empty field 'options' used by --input-template"):
-        get_task(template).load("train")  # before: trained on "What? Options: None"
-    first = get_task(TaskConfig(task=write(tmp_path / "one.jsonl", rows.splitlines()[0]),
-                                input_template="{q} Options: {options}")).load("train")[0]
-    assert first.input == "Why? Options: ['a', 'b']"  # a list as Python writes it, the same in predict
+    inputs = [e.input for e in get_task(template).load("train")]
+    assert inputs == ["Why? Options: ['a', 'b']", "What? Options: "]  # before: "What? Options: None"
+    empty = TaskConfig(task=write(tmp_path / "e.jsonl", '{"q": null, "options": ""}\n'), input_template="{q} {options}")
+    with pytest.raises(DataError, match=r"e.jsonl:1: every field used by --input-template is empty"):
+        get_task(empty).load("train")
+    indexed = TaskConfig(task=write(tmp_path / "i.jsonl", '{"q": "x", "options": 5}\n'), input_template="{options[0]}")
+    with pytest.raises(DataError, match=r"i.jsonl:1: cannot fill --input-template '\{options\[0\]\}' from this row"):
+        get_task(indexed).load("train")  # before: a TypeError, and a 500 from serve
 
 
 def test_a_single_file_has_no_other_split_than_train_and_test(tmp_path):
@@ -88,6 +99,10 @@ def test_a_test_file_needs_no_rationale_or_teacher_label_field(tmp_path):
                                rationale_field="why", teacher_label_field="teacher"))
     assert task.load("train")[0].rationale == "it is good"
     assert [(e.input, e.label) for e in task.load("test")] == [("bad", "negative")]
+    with_why = write(tmp_path / "why.csv", "text,sentiment,why\nbad,negative,it is bad\n")
+    named = get_task(TaskConfig(task=train, test_file=with_why, input_field="text", label_field="sentiment",
+                                rationale_field="why"))
+    assert named.load("test")[0].rationale == "it is bad"  # a test file that has the field is still read by it
 
 
 def test_a_csv_row_is_numbered_by_the_line_it_starts_on():

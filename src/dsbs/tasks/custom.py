@@ -18,6 +18,7 @@ from dsbs.tasks.common import (
     Example,
     Task,
     cut_at_next_example,
+    normalize_text_label,
     read_records,
     split_on_marker,
     text_labels_match,
@@ -57,8 +58,19 @@ def label_set(text: str | None) -> tuple[str, ...] | None:
             raise ConfigError(f"--label-set {text!r}: not a JSON list ({err.msg})") from None
         if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
             raise ConfigError(f"--label-set {text!r}: a JSON list of strings is needed")
-        return tuple(label.strip() for label in labels if label.strip())
-    return tuple(label.strip() for label in text.split(",") if label.strip())
+        return distinct(tuple(label.strip() for label in labels if label.strip()), text)
+    return distinct(tuple(label.strip() for label in text.split(",") if label.strip()), text)
+
+
+def distinct(labels: tuple[str, ...], text: str) -> tuple[str, ...]:
+    """Labels that answers can tell apart: answers are read whatever their case, spacing and final full stop."""
+    seen = {}
+    for label in labels:
+        if label_key(label) in seen:
+            raise ConfigError(f"--label-set {text!r}: {seen[label_key(label)]!r} and {label!r} differ only in case, "
+                              "spacing, quotes or a final full stop, which answers are read without")
+        seen[label_key(label)] = label
+    return labels
 
 
 def task_name(config) -> str:
@@ -90,21 +102,29 @@ def _fields_of(row: dict) -> str:
 def student_input(row: dict, config, where: str) -> str:
     """The text the student reads for ``row``: its input field, or --input-template filled from its fields."""
     if config.input_template:
-        for name in template_fields(config.input_template):  # an empty field would read as "" or "None"
-            value = row.get(name)
-            if name in row and (value is None or (isinstance(value, str) and not value.strip())):
-                raise DataError(f"{where}: empty field {name!r} used by --input-template; the row's fields are: "
-                                f"{_fields_of(row)}")
-        try:
-            return config.input_template.format(**row)
-        except KeyError as err:
-            raise DataError(f"{where}: missing field {err.args[0]!r} used by --input-template; the row's fields are: "
-                            f"{_fields_of(row)}") from None
+        return templated(row, config.input_template, where)
     name = field_name(config, "input_field")
     text = _optional_text(row, name, where)
     if text is None:
         state = "missing" if name not in row else "empty"
         raise DataError(f"{where}: {state} field {name!r} (--input-field); the row's fields are: {_fields_of(row)}")
+    return text
+
+
+def templated(row: dict, template: str, where: str) -> str:
+    """--input-template filled from ``row``: an empty field (a CSV's empty cell, a JSON null) as nothing, never
+    as "None"; a row that fills it with nothing but the template's own text stops."""
+    values = {k: "" if v is None else v for k, v in row.items()}
+    try:
+        text = template.format(**values)
+    except KeyError as err:
+        raise DataError(f"{where}: missing field {err.args[0]!r} used by --input-template; the row's fields are: "
+                        f"{_fields_of(row)}") from None
+    except (IndexError, TypeError, ValueError, AttributeError) as err:  # "{options[0]}" of a number, "{n:d}" of text
+        raise DataError(f"{where}: cannot fill --input-template {template!r} from this row ({err})") from None
+    if text.strip() == template.format(**{name: "" for name in template_fields(template)}).strip():
+        raise DataError(f"{where}: every field used by --input-template is empty; the row's fields are: "
+                        f"{_fields_of(row)}")
     return text
 
 
@@ -131,15 +151,26 @@ def parse_completion(config, completion: str) -> tuple[str | None, str | None]:
     return rationale, answer
 
 
+def label_key(text: str) -> str:
+    """What a label is compared by: spaces collapsed, surrounding quotes and a final full stop dropped, any case."""
+    return normalize_text_label(text).lower()
+
+
 def in_label_set(text: str, labels: tuple[str, ...]) -> str | None:
-    """``text`` as the label set spells it, or None: case, surrounding quotes and a final full stop aside ("U.S."
-    is a label; "positive." is the label "positive" ending a sentence), and "1.0" is the label "1"."""
-    allowed = {label.lower(): label for label in labels}
-    plain = (text, text.removesuffix(".").strip(), text.rstrip(".").strip())
-    unquoted = tuple(c.strip("\"'").strip() for c in plain)  # labels listed in quotes come back in quotes
-    candidates = plain + unquoted + tuple(c.rstrip(".").strip() for c in unquoted)
-    found = next((allowed[c.lower()] for c in candidates if c.lower() in allowed), None)
+    """``text`` as the label set spells it, or None: case, spacing, surrounding quotes and a final full stop
+    aside ("U.S." is a label; "positive." is the label "positive" ending a sentence), and "1.0" is the label "1"."""
+    allowed = {label_key(label): label for label in labels}
+    text = " ".join(text.split())
+    plain = (text, text.removesuffix(".").strip())
+    found = next((allowed[label_key(c)] for c in plain if label_key(c) in allowed), None)
     return found or next((label for label in labels if same_number(text, label)), None)
+
+
+def own_labels_match(labels: tuple[str, ...] | None, predicted: str, gold: str) -> bool:
+    """With a label set, an answer is scored as the label it names ("Positive" is "positive"); else as text."""
+    if labels:
+        predicted, gold = in_label_set(predicted, labels) or predicted, in_label_set(gold, labels) or gold
+    return text_labels_match(predicted, gold)
 
 
 def same_number(a: str, b: str) -> bool:
@@ -149,14 +180,10 @@ def same_number(a: str, b: str) -> bool:
         return False
 
 
-def set_label(row: dict, key: str, config, where: str) -> str | None:
-    """A row's label field, spelt as the label set spells it; a label outside the set stops the run."""
-    name = field_name(config, key)
-    return spelt(_optional_text(row, name, where), config, name, where)
-
-
-def spelt(value: str | None, config, name: str, where: str) -> str | None:
-    labels = label_set(config.label_set)
+def gold_label(row: dict, config, where: str) -> str | None:
+    """A row's gold label, spelt as the label set spells it; a gold label outside the set stops the run."""
+    name = field_name(config, "label_field")
+    value, labels = _optional_text(row, name, where), label_set(config.label_set)
     if value is None or not labels:
         return value
     label = in_label_set(value, labels)
@@ -166,38 +193,56 @@ def spelt(value: str | None, config, name: str, where: str) -> str | None:
     return label
 
 
+def teacher_answer(value: str | None, config) -> str | None:
+    """A teacher's label, spelt as the label set spells it; one outside the set is an answer that did not parse."""
+    labels = label_set(config.label_set)
+    return in_label_set(value, labels) if value is not None and labels else value
+
+
 def row_to_example(row: dict, where: str, config) -> Example:
     return Example(
         input=student_input(row, config, where),
-        label=set_label(row, "label_field", config, where),
+        label=gold_label(row, config, where),
         rationale=_optional_text(row, field_name(config, "rationale_field"), where),
-        teacher_label=set_label(row, "teacher_label_field", config, where),
-        id=str(row["id"]) if row.get("id") is not None else where.rsplit(" ", 1)[-1].rsplit(":", 1)[-1],  # line/row
+        teacher_label=teacher_answer(_optional_text(row, field_name(config, "teacher_label_field"), where), config),
+        id=row_id(row, where),
         where=where,
         cluster=_optional_text(row, config.cluster_field, where) if config.cluster_field else None,
-        samples=tuple((_optional_text(s, "rationale", where),
-                       spelt(_optional_text(s, "teacher_label", where), config, "samples: teacher_label", where))
+        samples=tuple((_optional_text(s, "rationale", where), teacher_answer(_optional_text(s, "teacher_label", where),
+                                                                             config))
                       for s in row["samples"] if isinstance(s, dict)) if isinstance(row.get("samples"), list) else (),
     )
 
 
-def check_named_fields(columns, config, source: str) -> None:
-    """A field named by its flag that no row holds is a misspelling, not a file without that field."""
+def row_id(row: dict, where: str) -> str:
+    """The row's own id, else where it stands (its line, or its row number in a dataset)."""
+    given = row.get("id")
+    if given is not None and str(given).strip():
+        return str(given)
+    return where.rsplit(" ", 1)[-1].rsplit(":", 1)[-1]
+
+
+TEST_OPTIONAL = ("rationale_field", "teacher_label_field")  # a test file needs inputs and labels only
+
+
+def check_named_fields(columns, config, source: str, optional: tuple[str, ...] = ()) -> None:
+    """A field named by its flag that no row holds is a misspelling, not a file without that field (``optional``:
+    fields this file may lack)."""
     present = set(columns)
     for key in (*FIELD_DEFAULTS, "cluster_field"):
         name = getattr(config, key)
-        if key != "input_field" and name is not None and name not in present:
+        if key != "input_field" and key not in optional and name is not None and name not in present:
             raise DataError(f"{source}: no row has the field {name!r} given by {flag(key)}; the fields are: "
                             f"{', '.join(map(str, columns)) or 'none'}")
 
 
-def load_file(path: Path, config, columns: dict | None = None) -> list[Example]:
+def load_file(path: Path, config, columns: dict | None = None, optional: tuple[str, ...] = ()) -> list[Example]:
     """Every row of a JSONL or CSV file; ``columns`` (if given) learns the fields the file has, for messages."""
     records = list(read_records(path))
     if not records:
         raise DataError(f"{path}: no rows")
     fields = list(dict.fromkeys(name for _, row in records for name in row))
-    check_named_fields(fields, config, str(path))
+    check_named_fields(fields, config, str(path), optional)
     if columns is not None:
         columns[str(path)] = fields
     return [row_to_example(row, f"{path}:{number}", config) for number, row in records]
@@ -233,7 +278,8 @@ def open_dataset(source: str):
     return datasets.Dataset.from_file(str(path))
 
 
-def load_dataset_split(source: str, split: str, config, columns: dict | None = None) -> list[Example]:
+def load_dataset_split(source: str, split: str, config, columns: dict | None = None,
+                       optional: tuple[str, ...] = ()) -> list[Example]:
     """Rows of one split of a `datasets` source; errors name the dataset, split, row and field."""
     import datasets
 
@@ -243,7 +289,7 @@ def load_dataset_split(source: str, split: str, config, columns: dict | None = N
             raise DataError(f"{source}: no split {split!r} (it has {', '.join(data)}); choose one with "
                             "--train-split or --split")
         data = data[split]
-    check_named_fields(data.column_names, config, f"{source} [{split}]")
+    check_named_fields(data.column_names, config, f"{source} [{split}]", optional)
     if columns is not None:
         columns[source] = list(data.column_names)
     examples = [row_to_example(row, f"{source} [{split}] row {number}", config) for number, row in enumerate(data)]
@@ -258,8 +304,7 @@ def _load(config, columns: dict, split: str) -> list[Example]:
     if split == "test" and (config.test_file or single_file):
         if not config.test_file:
             raise DataError("this task has no test split: pass --test-file")
-        plain = dataclasses.replace(config, rationale_field=None, teacher_label_field=None)  # inputs and labels only
-        return load_any(config.test_file, "test", plain, columns)
+        return load_any(config.test_file, "test", config, columns, TEST_OPTIONAL)
     if is_dataset_source(config.task) and not single_file:
         return load_dataset_split(config.task, split, config, columns)
     if split != "train":
@@ -269,10 +314,11 @@ def _load(config, columns: dict, split: str) -> list[Example]:
     return load_file(Path(config.task), config, columns)
 
 
-def load_any(source: str, split: str, config, columns: dict | None = None) -> list[Example]:
+def load_any(source: str, split: str, config, columns: dict | None = None,
+             optional: tuple[str, ...] = ()) -> list[Example]:
     if is_dataset_source(source):
-        return load_dataset_split(source, "train" if not Path(source).is_dir() else split, config, columns)
-    return load_file(Path(source), config, columns)
+        return load_dataset_split(source, "train" if not Path(source).is_dir() else split, config, columns, optional)
+    return load_file(Path(source), config, columns, optional)
 
 
 def describe_fields(config, columns: dict) -> dict[str, str]:
@@ -300,7 +346,7 @@ def task(config) -> Task:
         name=task_name(config),
         load=partial(_load, config, columns),
         parse_completion=partial(parse_completion, config),
-        labels_match=equations_equal if config.metric == "equation" else text_labels_match,
+        labels_match=equations_equal if config.metric == "equation" else partial(own_labels_match, labels),
         label_max_tokens=32,
         label_is_valid=is_equation if config.metric == "equation" else partial(is_own_label, labels),
         label_choices=partial(fixed_labels, labels) if labels else None,

@@ -8,6 +8,7 @@ default field that is absent means the rows lack it (unlabeled rows, rows withou
 import dataclasses
 import json
 import re
+import string
 from functools import partial
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def templated(row: dict, template: str, where: str) -> str:
                         f"{_fields_of(row)}") from None
     except (IndexError, TypeError, ValueError, AttributeError) as err:  # "{options[0]}" of a number, "{n:d}" of text
         raise DataError(f"{where}: cannot fill --input-template {template!r} from this row ({err})") from None
-    if text.strip() == template.format(**{name: "" for name in template_fields(template)}).strip():
+    if all(row.get(name) is None or not str(row[name]).strip() for name in template_fields(template)):
         raise DataError(f"{where}: every field used by --input-template is empty; the row's fields are: "
                         f"{_fields_of(row)}")
     return text
@@ -130,8 +131,6 @@ def templated(row: dict, template: str, where: str) -> str:
 
 def template_fields(template: str) -> set[str]:
     """The row fields a format string reads ("{choices[0]}" reads choices)."""
-    import string
-
     return {re.split(r"[.\[]", name)[0] for _, name, _, _ in string.Formatter().parse(template) if name}
 
 

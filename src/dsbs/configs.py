@@ -62,8 +62,8 @@ class TrainConfig:
     alpha: float = option(0.5, "dsbs loss = alpha * label loss + (1 - alpha) * rationale loss")
     rationales: Literal["all", "agreeing", "all-agreeing"] = option(
         "all", "which teacher rationales a row learns from: all (the paper), agreeing (only where the teacher's "
-        "label is the gold one; the label task keeps every row) or all-agreeing (every sample's rationale whose label "
-        "is the gold one, from teach --samples k); gold labels needed")
+        "label is the gold one; dsbs's label task keeps every row, single_task leaves the others out) or all-agreeing "
+        "(dsbs: every sample's rationale whose label is the gold one, from teach --samples k); gold labels needed")
     rationale_weight: float | None = option(None, "dsbs: loss = label loss + RATIONALE_WEIGHT * rationale loss "
                                             "instead of the alpha mix (the label keeps standard fine-tuning's weight)")
     prompt_form: Literal["suffix", "prefix"] = option("suffix", "where the task marker goes: suffix (after the input: "

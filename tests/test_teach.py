@@ -296,8 +296,10 @@ def test_ctrl_c_cancels_requests_not_yet_sent(tmp_path):
     with FakeOpenAI(delay=0.5) as server:
         args = ["teach", "--task", "demo", "--limit", "40", "--backend", "openai", "--base-url", server.url,
                 "--model", "fake", "--concurrency", "2", "--output", str(tmp_path)]
+        # a terminal's Ctrl-C: the signal at its default, whatever this process has (a job started with & ignores it)
         process = subprocess.Popen([sys.executable, "-m", "dsbs", *args], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True)
+                                   stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         deadline = time.monotonic() + 60
         while sum(server.requests.values()) < 4 and time.monotonic() < deadline:
             time.sleep(0.01)
